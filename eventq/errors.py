@@ -1,0 +1,112 @@
+"""Every error eventq raises, in one tree.
+
+::
+
+    EventqError                      base; ``retriable`` says whether trying again can help
+    ├── ConfigError                  invalid settings (names the field and what to do)
+    ├── EventError                   an event that cannot be sent or understood
+    │   ├── InvalidEvent             a record that is not a valid eventq/CloudEvents envelope
+    │   ├── SchemaViolation          a payload that fails its event type's JSON Schema
+    │   ├── UnknownEventType         an event type with no declared schema
+    │   └── EventTooLarge            an encoded event over ``max_event_bytes``
+    ├── PublishError                 the broker did not take an event (carries ``topic``)
+    │   ├── BrokerUnavailable        no broker reachable at the bootstrap servers (retriable)
+    │   ├── PublishTimeout           not acknowledged in time (retriable)
+    │   ├── TopicNotFound            the topic does not exist (auto-create is off)
+    │   └── MessageTooLarge          the broker refused the record's size
+    └── DevStackError                the local Kafka/PostgreSQL stack could not be run
+
+aiokafka exceptions are translated into this tree in one place
+(:mod:`eventq.kafka`), always ``raise ... from exc`` so the cause stays visible.
+"""
+
+from __future__ import annotations
+
+
+class EventqError(Exception):
+    """Base of every eventq error."""
+
+    retriable: bool = False
+
+
+class ConfigError(EventqError, ValueError):
+    """A setting is missing or invalid; the message names it and says how to fix it."""
+
+
+class EventError(EventqError):
+    """An event that cannot be encoded, decoded or validated. Never retriable."""
+
+
+class InvalidEvent(EventError):
+    """A record is not a valid envelope; ``reason`` says which part is wrong."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SchemaViolation(InvalidEvent):
+    """A payload does not match the JSON Schema declared for its event type."""
+
+    def __init__(self, event_type: str, detail: str) -> None:
+        super().__init__(f"payload of {event_type!r} violates its schema: {detail}")
+        self.event_type = event_type
+        self.detail = detail
+
+
+class UnknownEventType(EventError):
+    """No JSON Schema is declared for an event type."""
+
+    def __init__(self, event_type: str, known: list[str]) -> None:
+        hint = ", ".join(known[:10]) or "none"
+        super().__init__(
+            f"no schema declared for event type {event_type!r}; add a JSON Schema file "
+            f"named '{event_type}.json' to your schema directory (declared: {hint})"
+        )
+        self.event_type = event_type
+
+
+class EventTooLarge(EventError):
+    """An encoded event is larger than the configured ``max_event_bytes``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"encoded event is {size} bytes, over the limit of {limit} bytes "
+            "(max_event_bytes / EVENTQ_MAX_EVENT_BYTES); store large payloads elsewhere "
+            "and publish a reference"
+        )
+        self.size = size
+        self.limit = limit
+
+
+class PublishError(EventqError):
+    """The broker did not acknowledge an event; nothing is reported published."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        super().__init__(f"publish to topic {topic!r} failed: {reason}")
+        self.topic = topic
+        self.reason = reason
+
+
+class BrokerUnavailable(PublishError):
+    """No broker answered at the bootstrap servers."""
+
+    retriable = True
+
+
+class PublishTimeout(PublishError):
+    """The broker did not acknowledge within the delivery timeout."""
+
+    retriable = True
+
+
+class TopicNotFound(PublishError):
+    """The topic does not exist and the broker does not create topics on demand."""
+
+
+class MessageTooLarge(PublishError):
+    """The broker (or client limit) refused the record because of its size."""
+
+
+class DevStackError(EventqError):
+    """The local development stack (Kafka, PostgreSQL) could not be started or stopped."""

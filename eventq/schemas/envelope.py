@@ -1,0 +1,263 @@
+"""The event envelope: CloudEvents 1.0, Kafka protocol binding, binary content mode.
+
+A record carries one event:
+
+=================  ===========================================================
+record key         the partition key (UTF-8), or none
+record value       the payload, JSON (``content-type: application/json``)
+record timestamp   the event time, in milliseconds
+``ce_specversion`` ``1.0``
+``ce_id``          the event id, a time-ordered UUID (version 7)
+``ce_source``      who published it (URI-reference)
+``ce_type``        the versioned event type, e.g. ``order.created.v1``
+``ce_time``        RFC 3339 time
+``ce_subject``     optional subject
+``ce_correlationid`` extension: the id shared by every event of one flow
+``ce_causationid`` extension: the id of the event whose handling published this one
+``traceparent``    W3C trace context (Distributed Tracing extension), optional
+``tracestate``     W3C trace state, optional
+=================  ===========================================================
+
+:func:`encode` and :func:`decode` are inverses for every valid :class:`Event`.
+:func:`decode` never lets an exception from deep inside escape: every way a record
+can be malformed raises :class:`~eventq.errors.InvalidEvent` with the reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import uuid_utils
+
+from eventq.errors import EventTooLarge, InvalidEvent
+from eventq.schemas.correlation import current_cause
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/json"
+DEFAULT_MAX_EVENT_BYTES = 1_000_000
+
+H_SPECVERSION = "ce_specversion"
+H_ID = "ce_id"
+H_SOURCE = "ce_source"
+H_TYPE = "ce_type"
+H_TIME = "ce_time"
+H_SUBJECT = "ce_subject"
+H_CORRELATION = "ce_correlationid"
+H_CAUSATION = "ce_causationid"
+H_CONTENT_TYPE = "content-type"
+H_TRACEPARENT = "traceparent"
+H_TRACESTATE = "tracestate"
+
+_SPECVERSION_BYTES = SPEC_VERSION.encode()
+_CONTENT_TYPE_BYTES = CONTENT_TYPE.encode()
+_REQUIRED = (H_SPECVERSION, H_ID, H_SOURCE, H_TYPE, H_TIME)
+_FIXED_HEADER_BYTES = sum(
+    len(name) for name in (H_SPECVERSION, H_ID, H_SOURCE, H_TYPE, H_TIME, H_CONTENT_TYPE, H_CORRELATION)
+) + len(_SPECVERSION_BYTES) + len(_CONTENT_TYPE_BYTES)
+
+
+def new_event_id() -> str:
+    """A new time-ordered (version 7) UUID in canonical text form: ids sort by creation time."""
+    return str(uuid_utils.uuid7())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One immutable event.
+
+    ``id`` and ``time`` default to a new UUIDv7 and now. Created while a handler runs
+    (see :mod:`eventq.schemas.correlation`), an event inherits the handled event's
+    correlation id and takes its id as causation id; otherwise its correlation id is
+    its own id. Explicit values always win.
+    """
+
+    type: str
+    source: str
+    data: Any
+    key: str | None = None
+    subject: str | None = None
+    id: str = field(default_factory=new_event_id)
+    time: datetime = field(default_factory=_now)
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.type or not isinstance(self.type, str):
+            raise InvalidEvent("event type must be a non-empty string, e.g. 'order.created.v1'")
+        if not self.source or not isinstance(self.source, str):
+            raise InvalidEvent("event source must be a non-empty string, e.g. 'orders-service'")
+        if self.time.tzinfo is None:
+            raise InvalidEvent("event time must be timezone-aware, e.g. datetime.now(UTC)")
+        if self.correlation_id is None:
+            cause = current_cause()
+            if cause is None:
+                object.__setattr__(self, "correlation_id", self.id)
+            else:
+                object.__setattr__(self, "correlation_id", cause.correlation_id)
+                if self.causation_id is None:
+                    object.__setattr__(self, "causation_id", cause.event_id)
+
+
+@dataclass(slots=True)
+class EncodedEvent:
+    """The Kafka record of one event, ready for a producer.
+
+    ``size`` counts key, value, header names and values: what the event adds to a
+    record batch, give or take a few bytes of framing.
+    """
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    timestamp_ms: int
+    size: int
+
+
+def encode(
+    event: Event,
+    *,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    trace_headers: Iterable[tuple[str, bytes]] = (),
+) -> EncodedEvent:
+    """Encode an event as a Kafka record.
+
+    ``trace_headers`` (W3C ``traceparent``/``tracestate``) are used when the event
+    carries none of its own. Raises :class:`InvalidEvent` when the payload is not
+    JSON-serialisable and :class:`EventTooLarge` over ``max_event_bytes``.
+    """
+    try:
+        value = orjson.dumps(event.data)
+    except TypeError as exc:
+        raise InvalidEvent(f"payload of {event.type!r} is not JSON-serialisable: {exc}") from exc
+    event_id = event.id.encode()
+    source = event.source.encode()
+    event_type = event.type.encode()
+    time = event.time.isoformat().encode()
+    correlation = event.correlation_id.encode() if event.correlation_id else event_id
+    headers = [
+        (H_SPECVERSION, _SPECVERSION_BYTES),
+        (H_ID, event_id),
+        (H_SOURCE, source),
+        (H_TYPE, event_type),
+        (H_TIME, time),
+        (H_CONTENT_TYPE, _CONTENT_TYPE_BYTES),
+        (H_CORRELATION, correlation),
+    ]
+    key = event.key.encode() if event.key is not None else None
+    size = (
+        _FIXED_HEADER_BYTES
+        + len(value)
+        + (len(key) if key is not None else 0)
+        + len(event_id)
+        + len(source)
+        + len(event_type)
+        + len(time)
+        + len(correlation)
+    )
+    optional = (
+        (H_CAUSATION, event.causation_id),
+        (H_SUBJECT, event.subject),
+        (H_TRACEPARENT, event.traceparent),
+        (H_TRACESTATE, event.tracestate),
+    )
+    for name, text in optional:
+        if text:
+            raw = text.encode()
+            headers.append((name, raw))
+            size += len(name) + len(raw)
+    if event.traceparent is None:
+        for name, raw in trace_headers:
+            headers.append((name, raw))
+            size += len(name) + len(raw)
+    if size > max_event_bytes:
+        raise EventTooLarge(size, max_event_bytes)
+    return EncodedEvent(key, value, headers, int(event.time.timestamp() * 1000), size)
+
+
+def _text(headers: dict[str, bytes], name: str) -> str | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(f"header {name!r} is not valid UTF-8") from exc
+
+
+def decode(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes]],
+    *,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+) -> Event:
+    """Decode a Kafka record into an :class:`Event`.
+
+    Raises :class:`InvalidEvent` (never anything else) when a required header is
+    missing, the spec version is not 1.0, the id is not a UUID, the time is not
+    RFC 3339, the content type is not JSON, the value is missing, not JSON or over
+    ``max_event_bytes``, or the key is not UTF-8. Payload schemas are checked
+    separately (:meth:`eventq.schemas.registry.SchemaRegistry.validate`).
+    """
+    if value is None:
+        raise InvalidEvent("record has no value (a tombstone), so it carries no event")
+    size = len(value) + (len(key) if key is not None else 0)
+    if size > max_event_bytes:
+        raise InvalidEvent(f"record is {size} bytes, over max_event_bytes={max_event_bytes}")
+    hdrs: dict[str, bytes] = {}
+    for name, raw in headers:
+        # First occurrence wins: a header appended later cannot override the envelope.
+        hdrs.setdefault(name, raw if raw is not None else b"")
+    missing = [name for name in _REQUIRED if name not in hdrs]
+    if missing:
+        raise InvalidEvent(f"missing CloudEvents header(s): {', '.join(missing)}")
+    spec = _text(hdrs, H_SPECVERSION)
+    if spec != SPEC_VERSION:
+        raise InvalidEvent(f"unsupported ce_specversion {spec!r}; eventq reads CloudEvents 1.0")
+    content_type = _text(hdrs, H_CONTENT_TYPE)
+    if content_type is not None and content_type.split(";")[0].strip() != CONTENT_TYPE:
+        raise InvalidEvent(f"unsupported content-type {content_type!r}; expected {CONTENT_TYPE}")
+    raw_id = _text(hdrs, H_ID) or ""
+    try:
+        event_id = str(uuid.UUID(raw_id))
+    except ValueError as exc:
+        raise InvalidEvent(f"ce_id {raw_id!r} is not a UUID") from exc
+    raw_time = _text(hdrs, H_TIME) or ""
+    try:
+        time = datetime.fromisoformat(raw_time)
+    except ValueError as exc:
+        raise InvalidEvent(f"ce_time {raw_time!r} is not an RFC 3339 timestamp") from exc
+    if time.tzinfo is None:
+        raise InvalidEvent(f"ce_time {raw_time!r} has no UTC offset")
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"payload is not valid JSON: {exc}") from exc
+    try:
+        partition_key = key.decode() if key is not None else None
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent("record key is not valid UTF-8") from exc
+    return Event(
+        id=event_id,
+        type=_text(hdrs, H_TYPE) or "",
+        source=_text(hdrs, H_SOURCE) or "",
+        time=time,
+        data=data,
+        key=partition_key,
+        subject=_text(hdrs, H_SUBJECT),
+        correlation_id=_text(hdrs, H_CORRELATION) or event_id,
+        causation_id=_text(hdrs, H_CAUSATION),
+        traceparent=_text(hdrs, H_TRACEPARENT),
+        tracestate=_text(hdrs, H_TRACESTATE),
+    )
