@@ -1,0 +1,175 @@
+"""The ``eventq`` command line.
+
+The only place that configures logging (structlog), runs ``asyncio.run`` and turns
+errors into exit codes: 0 done, 1 failed (an eventq error, printed as one line
+saying what to do), 2 wrong usage (click's own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import click
+import orjson
+import structlog
+
+from eventq.config import KafkaSettings
+from eventq.devstack.commands import dev
+from eventq.errors import EventqError
+from eventq.kafka import create_topics
+from eventq.producers import Producer, ProducerSettings
+from eventq.schemas import Event
+
+T = TypeVar("T")
+
+
+def configure_logging(*, json_logs: bool | None = None, level: str = "INFO") -> None:
+    """JSON lines when not on a terminal (or asked), readable console otherwise."""
+    if json_logs is None:
+        json_logs = not sys.stderr.isatty()
+    renderer: Any = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine; an eventq error becomes ``Error: ...`` and exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except EventqError as exc:
+        message = str(exc)
+        for note in getattr(exc, "__notes__", []):
+            message += f"\n  {note}"
+        raise click.ClickException(message) from exc
+
+
+def kafka_options(func: Any) -> Any:
+    """Options shared by commands that talk to Kafka (same names as the env vars)."""
+    func = click.option(
+        "--bootstrap-servers",
+        envvar="EVENTQ_BOOTSTRAP_SERVERS",
+        default="127.0.0.1:9092",
+        show_default=True,
+        help="Kafka brokers, host:port[,host:port].",
+    )(func)
+    return func
+
+
+@click.group()
+@click.option("--log-json/--log-console", default=None, help="Log format (default: JSON unless on a terminal).")
+@click.option("--log-level", default="INFO", envvar="EVENTQ_LOG_LEVEL", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.version_option(package_name="eventq")
+def main(log_json: bool | None, log_level: str) -> None:
+    """eventq: an at-least-once event queue for Python on Apache Kafka."""
+    configure_logging(json_logs=log_json, level=log_level.upper())
+
+
+main.add_command(dev)
+
+
+def _settings(bootstrap_servers: str) -> KafkaSettings:
+    """Kafka settings from EVENTQ_* variables, with the command line's brokers."""
+    try:
+        return dataclasses.replace(KafkaSettings.from_env(), bootstrap_servers=bootstrap_servers)
+    except EventqError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@kafka_options
+@click.option("--topic", "-t", required=True, envvar="EVENTQ_TOPIC", help="Topic to publish to.")
+@click.option("--type", "event_type", required=True, help="Event type, e.g. order.created.v1.")
+@click.option("--key", "-k", default=None, help="Partition key (events with one key stay in order).")
+@click.option("--data", "-d", default="{}", show_default=True, help="Payload as JSON.")
+@click.option("--source", default="eventq-cli", show_default=True, help="CloudEvents source.")
+@click.option("--subject", default=None, help="CloudEvents subject.")
+@click.option("--correlation-id", default=None, help="Correlation id (default: the event's id).")
+@click.option("--causation-id", default=None, help="Id of the event that caused this one.")
+@click.option("--schemas", "schemas", multiple=True, envvar="EVENTQ_SCHEMAS",
+              help="Directory or package of <type>.json schemas (repeatable).")
+def publish(
+    bootstrap_servers: str,
+    topic: str,
+    event_type: str,
+    key: str | None,
+    data: str,
+    source: str,
+    subject: str | None,
+    correlation_id: str | None,
+    causation_id: str | None,
+    schemas: tuple[str, ...],
+) -> None:
+    """Publish one event and print where it landed."""
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc}); e.g. --data '{{\"n\": 1}}'", param_hint="--data") from exc
+    settings = ProducerSettings(kafka=_settings(bootstrap_servers), schemas=schemas)
+
+    async def go() -> None:
+        event = Event(
+            type=event_type,
+            source=source,
+            data=payload,
+            key=key,
+            subject=subject,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+        async with Producer(settings) as producer:
+            published = await producer.publish(event, topic=topic)
+        click.echo(
+            f"published {published.event_id} to {published.topic} "
+            f"partition {published.partition} offset {published.offset}"
+        )
+
+    run(go())
+
+
+@main.group()
+def topics() -> None:
+    """Create topics (brokers should not auto-create them)."""
+
+
+@topics.command("create")
+@kafka_options
+@click.argument("names", nargs=-1, required=True)
+@click.option("--partitions", "-p", default=6, show_default=True, type=click.IntRange(min=1))
+@click.option("--replication-factor", "-r", default=1, show_default=True, type=click.IntRange(min=1))
+def topics_create(bootstrap_servers: str, names: tuple[str, ...], partitions: int, replication_factor: int) -> None:
+    """Create the NAMES topics that do not exist yet."""
+    created = run(
+        create_topics(
+            _settings(bootstrap_servers), names, partitions=partitions, replication_factor=replication_factor
+        )
+    )
+    for name in names:
+        click.echo(f"{name}: {'created' if name in created else 'exists'}")
+
+
+@main.command()
+@kafka_options
+@click.option("--topic", default="demo.orders", show_default=True)
+@click.option("--events", "count", default=1000, show_default=True, type=click.IntRange(min=1))
+def demo(bootstrap_servers: str, topic: str, count: int) -> None:
+    """Publish demo orders with publish and publish_many, then read them back."""
+    from eventq.demo import run_demo
+
+    run(run_demo(_settings(bootstrap_servers), topic=topic, count=count, echo=click.echo))

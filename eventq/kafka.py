@@ -1,0 +1,108 @@
+"""The one boundary between eventq and aiokafka.
+
+Clients are built from :class:`~eventq.config.KafkaSettings` here, and every
+aiokafka exception that reaches eventq's callers is translated here into the tree
+of :mod:`eventq.errors` (``raise translate(...) from exc``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import errors as ke
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from eventq.config import KafkaSettings
+from eventq.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    EventqError,
+    MessageTooLarge,
+    PublishError,
+    PublishTimeout,
+    TopicNotFound,
+)
+
+
+def translate(exc: BaseException, *, topic: str, settings: KafkaSettings) -> EventqError:
+    """Map an aiokafka (or OS) exception to eventq's error tree for one topic."""
+    where = settings.bootstrap_servers
+    if isinstance(exc, EventqError):
+        return exc
+    if isinstance(exc, (ke.MessageSizeTooLargeError, ke.RecordTooLargeError, ke.RecordListTooLargeError)):
+        return MessageTooLarge(topic, f"the record is too large for the broker or client limit ({exc})")
+    if isinstance(exc, ke.UnknownTopicOrPartitionError):
+        return TopicNotFound(topic, "the topic does not exist; create it first (eventq topics create)")
+    if isinstance(exc, (ke.TopicAuthorizationFailedError, ke.ClusterAuthorizationFailedError)):
+        return PublishError(topic, f"not authorised to write; check the ACLs of this principal ({exc})")
+    if isinstance(exc, (ke.AuthenticationFailedError, ke.SaslAuthenticationFailed)):
+        return PublishError(topic, "authentication failed; check EVENTQ_SASL_USERNAME/EVENTQ_SASL_PASSWORD")
+    if isinstance(exc, ke.KafkaTimeoutError):
+        return PublishTimeout(
+            topic,
+            f"no acknowledgement from the brokers at {where} within the delivery timeout "
+            "(broker down, unreachable or overloaded); the event may or may not have been "
+            "written, so publishing it again is safe only because consumers dedupe by event id",
+        )
+    if isinstance(exc, (ke.KafkaConnectionError, ke.NodeNotReadyError, OSError)):
+        return BrokerUnavailable(
+            topic,
+            f"cannot reach a Kafka broker at {where}; start it (eventq dev up) or fix "
+            "EVENTQ_BOOTSTRAP_SERVERS",
+        )
+    if isinstance(exc, ke.KafkaError):
+        error = PublishError(topic, f"{type(exc).__name__}: {exc}")
+        error.retriable = bool(getattr(exc, "retriable", False))
+        return error
+    return PublishError(topic, f"unexpected {type(exc).__name__}: {exc}")
+
+
+async def create_topics(
+    settings: KafkaSettings,
+    topics: Iterable[str],
+    *,
+    partitions: int = 6,
+    replication_factor: int = 1,
+    config: dict[str, str] | None = None,
+) -> list[str]:
+    """Create topics that do not exist yet; return the names that were created.
+
+    Idempotent: existing topics are left as they are (their partition count is not
+    changed).
+    """
+    if partitions < 1:
+        raise ConfigError(f"partitions={partitions} must be at least 1")
+    wanted = list(dict.fromkeys(topics))
+    admin = AIOKafkaAdminClient(**settings.client_kwargs())
+    try:
+        try:
+            await admin.start()
+        except (ke.KafkaConnectionError, ke.KafkaTimeoutError, OSError) as exc:
+            raise BrokerUnavailable(
+                ",".join(wanted), f"cannot reach a Kafka broker at {settings.bootstrap_servers}"
+            ) from exc
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t not in existing]
+        if missing:
+            new = [
+                NewTopic(t, partitions, replication_factor, topic_configs=dict(config or {}))
+                for t in missing
+            ]
+            response: Any = await admin.create_topics(new)
+            for name, code, message in _topic_errors(response):
+                # 36 = TOPIC_ALREADY_EXISTS: a concurrent creator won the race; fine.
+                if code not in (0, 36):
+                    raise PublishError(name, f"could not create topic (error {code}: {message})")
+        return missing
+    finally:
+        await admin.close()
+
+
+def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
+    result = []
+    for entry in response.topic_errors:
+        name, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 else None
+        result.append((name, code, message))
+    return result

@@ -1,0 +1,335 @@
+"""Publishing events to Kafka.
+
+Guarantees:
+
+- An event is reported :class:`Published` only after the broker acknowledged it
+  with ``acks=all`` (written to every in-sync replica); otherwise the caller gets an
+  error (``publish``) or a :class:`Failed` outcome (``publish_many``).
+- The producer is idempotent: its own retries never duplicate or reorder events
+  within a partition. A caller that re-publishes after a timeout may duplicate an
+  event; consumers drop the copy by its event id.
+- Events with the same partition key go to the same partition (Kafka's murmur2
+  partitioner, identical for ``publish`` and ``publish_many``) and are written in
+  the order given.
+- Nothing invalid is sent: every payload is validated against its event type's
+  JSON Schema first, and ``publish_many`` validates the whole sequence before
+  sending any of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka import errors as ke
+from aiokafka.partitioner import murmur2
+from opentelemetry import propagate
+
+from eventq.errors import BrokerUnavailable, ConfigError, EventError, EventqError, TopicNotFound
+from eventq.kafka import translate
+from eventq.producers.settings import ProducerSettings
+from eventq.schemas.envelope import EncodedEvent, Event, encode
+from eventq.schemas.registry import SchemaRegistry
+
+log = structlog.get_logger("eventq.producer")
+
+# Room for record-batch and request framing on top of one event's bytes.
+_FRAMING_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """Where an acknowledged event landed."""
+
+    event_id: str
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """An event the broker did not acknowledge, and why."""
+
+    event_id: str
+    topic: str
+    error: EventqError
+
+
+Outcome = Published | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class PublishReport:
+    """One outcome per event given to ``publish_many``, in the order given."""
+
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def published(self) -> list[Published]:
+        return [o for o in self.outcomes if isinstance(o, Published)]
+
+    @property
+    def failed(self) -> list[Failed]:
+        return [o for o in self.outcomes if isinstance(o, Failed)]
+
+    @property
+    def ok(self) -> bool:
+        """True when every event was acknowledged."""
+        return all(isinstance(o, Published) for o in self.outcomes)
+
+    def raise_for_failures(self) -> None:
+        """Raise the first failure's error (with a count of all failures) if any."""
+        failed = self.failed
+        if failed:
+            error = failed[0].error
+            error.add_note(f"{len(failed)} of {len(self.outcomes)} events were not published")
+            raise error
+
+
+class Producer:
+    """Publishes :class:`~eventq.schemas.envelope.Event` objects.
+
+    Use as ``async with Producer(settings) as producer:``; ``stop()`` waits for every
+    event already handed to Kafka to be acknowledged or failed.
+    """
+
+    def __init__(self, settings: ProducerSettings | None = None) -> None:
+        self.settings = settings or ProducerSettings()
+        self._registry: SchemaRegistry | None = None
+        self._aio: AIOKafkaProducer | None = None
+        self._known_topics: set[str] = set()
+
+    async def __aenter__(self) -> Producer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def registry(self) -> SchemaRegistry:
+        """The schemas events are validated against (available after ``start()``)."""
+        if self._registry is None:
+            raise RuntimeError("Producer is not started; use 'async with Producer(...)'")
+        return self._registry
+
+    async def start(self) -> None:
+        """Load schemas and connect; raises BrokerUnavailable if no broker answers."""
+        s = self.settings
+        self._registry = SchemaRegistry.load(s.schemas)
+        aio = AIOKafkaProducer(
+            **s.kafka.client_kwargs(),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=s.linger_ms,
+            max_batch_size=s.max_batch_bytes,
+            max_request_size=max(s.max_batch_bytes, s.max_event_bytes) + _FRAMING_BYTES,
+            request_timeout_ms=int(s.delivery_timeout_s * 1000),
+            compression_type=s.compression,
+        )
+        try:
+            await aio.start()
+        except Exception as exc:
+            await aio.stop()
+            raise translate(exc, topic=s.default_topic or "*", settings=s.kafka) from exc
+        self._aio = aio
+        log.info("producer.started", bootstrap_servers=s.kafka.bootstrap_servers, client_id=s.kafka.client_id)
+
+    async def stop(self) -> None:
+        """Flush pending events and disconnect. Idempotent."""
+        aio, self._aio = self._aio, None
+        if aio is not None:
+            await aio.stop()
+            log.info("producer.stopped", client_id=self.settings.kafka.client_id)
+
+    async def publish(self, event: Event, *, topic: str | None = None) -> Published:
+        """Publish one event and wait for the broker's acknowledgement.
+
+        Many concurrent ``publish`` calls are batched together by the client.
+        Raises an :class:`~eventq.errors.EventError` before sending anything if the
+        event is invalid, or a :class:`~eventq.errors.PublishError` if the broker did
+        not acknowledge it.
+        """
+        name = self._topic(topic)
+        encoded = self._encode(event, self._trace_headers())
+        aio = await self._ready(name)
+        try:
+            future = await aio.send(
+                name,
+                encoded.value,
+                key=encoded.key,
+                timestamp_ms=encoded.timestamp_ms,
+                headers=encoded.headers,
+            )
+            metadata = await future
+        except Exception as exc:
+            raise translate(exc, topic=name, settings=self.settings.kafka) from exc
+        return Published(event.id, name, metadata.partition, metadata.offset)
+
+    async def publish_many(self, events: Iterable[Event], *, topic: str | None = None) -> PublishReport:
+        """Publish a sequence of events with the batch API; report each outcome.
+
+        Every event is validated and encoded first: if any is invalid, its error is
+        raised (with a note naming its index) and nothing is sent. Events are then
+        grouped by partition, keeping their order, and each partition's records are
+        sent as few record batches as fit ``max_batch_bytes``. Events without a key
+        all go to one randomly chosen available partition (sticky, like Kafka's own
+        clients). A failed batch fails only its own events.
+        """
+        name = self._topic(topic)
+        items = list(events)
+        trace_headers = self._trace_headers()
+        encoded: list[EncodedEvent] = []
+        for index, event in enumerate(items):
+            try:
+                encoded.append(self._encode(event, trace_headers))
+            except EventError as exc:
+                exc.add_note(f"publish_many: events[{index}] (type {event.type!r}, id {event.id}); nothing was sent")
+                raise
+        if not items:
+            return PublishReport(())
+        aio = await self._ready(name)
+        by_partition = self._group_by_partition(aio, name, encoded)
+        outcomes: list[Outcome | None] = [None] * len(items)
+        await asyncio.gather(
+            *(
+                self._send_partition(aio, name, partition, indexes, items, encoded, outcomes)
+                for partition, indexes in by_partition.items()
+            )
+        )
+        return PublishReport(tuple(o for o in outcomes if o is not None))
+
+    def _topic(self, topic: str | None) -> str:
+        name = topic or self.settings.default_topic
+        if not name:
+            raise ConfigError("no topic given; pass topic=... or set default_topic (EVENTQ_TOPIC)")
+        return name
+
+    def _encode(self, event: Event, trace_headers: Sequence[tuple[str, bytes]]) -> EncodedEvent:
+        self.registry.validate(event.type, event.data)
+        return encode(event, max_event_bytes=self.settings.max_event_bytes, trace_headers=trace_headers)
+
+    @staticmethod
+    def _trace_headers() -> list[tuple[str, bytes]]:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return [(k, v.encode()) for k, v in carrier.items() if k in ("traceparent", "tracestate")]
+
+    async def _ready(self, topic: str) -> AIOKafkaProducer:
+        """The started client, after checking once that ``topic`` exists."""
+        aio = self._aio
+        if aio is None:
+            raise RuntimeError("Producer is not started; use 'async with Producer(...)'")
+        if topic in self._known_topics:
+            return aio
+        # aiokafka would wait the whole delivery timeout for a missing topic; asking
+        # for the cluster's metadata once answers "does it exist" right away.
+        if aio.client.cluster.partitions_for_topic(topic) is None:
+            try:
+                metadata = await aio.client.fetch_all_metadata()
+            except ke.KafkaError as exc:
+                raise BrokerUnavailable(
+                    topic, f"cannot fetch metadata from {self.settings.kafka.bootstrap_servers}"
+                ) from exc
+            if topic not in metadata.topics():
+                raise TopicNotFound(
+                    topic, "the topic does not exist; create it first (eventq topics create)"
+                )
+        try:
+            await asyncio.wait_for(aio.partitions_for(topic), self.settings.delivery_timeout_s)
+        except Exception as exc:
+            raise translate(exc, topic=topic, settings=self.settings.kafka) from exc
+        self._known_topics.add(topic)
+        return aio
+
+    @staticmethod
+    def _group_by_partition(
+        aio: AIOKafkaProducer, topic: str, encoded: Sequence[EncodedEvent]
+    ) -> dict[int, list[int]]:
+        cluster = aio.client.cluster
+        partitions = sorted(cluster.partitions_for_topic(topic))
+        available = list(cluster.available_partitions_for_topic(topic)) or partitions
+        sticky = random.choice(available)
+        count = len(partitions)
+        by_key: dict[bytes, int] = {}
+        groups: dict[int, list[int]] = {}
+        for index, record in enumerate(encoded):
+            key = record.key
+            if key is None:
+                partition = sticky
+            else:
+                partition = by_key.get(key, -1)
+                if partition < 0:
+                    partition = by_key[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % count]
+            groups.setdefault(partition, []).append(index)
+        return groups
+
+    async def _send_partition(
+        self,
+        aio: AIOKafkaProducer,
+        topic: str,
+        partition: int,
+        indexes: list[int],
+        events: Sequence[Event],
+        encoded: Sequence[EncodedEvent],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        submitted: list[tuple[asyncio.Future[Any], list[int]]] = []
+        members: list[int] = []
+        failure: EventqError | None = None
+        batch = aio.create_batch()
+        for index in indexes:
+            record = encoded[index]
+            appended = batch.append(
+                key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=record.headers
+            )
+            if appended is None:
+                try:
+                    submitted.append((await self._submit(aio, batch, topic, partition), members))
+                except EventqError as exc:
+                    failure = exc
+                    break
+                batch, members = aio.create_batch(), []
+                batch.append(key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=record.headers)
+            members.append(index)
+        if failure is None and members:
+            try:
+                submitted.append((await self._submit(aio, batch, topic, partition), members))
+            except EventqError as exc:
+                failure = exc
+        done: set[int] = set()
+        for future, batch_members in submitted:
+            try:
+                metadata = await future
+            except Exception as exc:
+                error = translate(exc, topic=topic, settings=self.settings.kafka)
+                for i in batch_members:
+                    outcomes[i] = Failed(events[i].id, topic, error)
+            else:
+                for position, i in enumerate(batch_members):
+                    outcomes[i] = Published(events[i].id, topic, partition, metadata.offset + position)
+            done.update(batch_members)
+        if failure is not None:
+            for i in indexes:
+                if i not in done:
+                    outcomes[i] = Failed(events[i].id, topic, failure)
+
+    async def _submit(self, aio: AIOKafkaProducer, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
+        batch.close()
+        try:
+            future: asyncio.Future[Any] = await aio.send_batch(batch, topic, partition=partition)
+        except Exception as exc:
+            raise translate(exc, topic=topic, settings=self.settings.kafka) from exc
+        return future

@@ -1,0 +1,97 @@
+"""Shared fixtures: the real broker and database of the dev stack (`eventq dev up`).
+
+Tests marked ``kafka`` or ``postgres`` FAIL (never skip) when the service is not
+reachable, so a CI run that could not start the stack cannot pass by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from eventq.config import KafkaSettings
+from eventq.kafka import create_topics
+
+BOOTSTRAP = os.environ.get("EVENTQ_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+
+
+def _reachable(host_port: str) -> bool:
+    host, _, port = host_port.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def kafka_settings() -> KafkaSettings:
+    """Settings for the dev stack's broker; fails the test if it is down."""
+    first = BOOTSTRAP.split(",")[0]
+    if not _reachable(first):
+        pytest.fail(f"Kafka is not reachable at {BOOTSTRAP}: run `eventq dev up` (or `make up`) first")
+    return KafkaSettings(bootstrap_servers=BOOTSTRAP, client_id="eventq-tests")
+
+
+async def partitions_of(kafka: KafkaSettings, topic: str) -> list[int]:
+    """The partition ids of a topic, from the broker's metadata."""
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await admin.start()
+    try:
+        [description] = await admin.describe_topics([topic])
+        return sorted(p["partition"] for p in description["partitions"])
+    finally:
+        await admin.close()
+
+
+TopicFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def new_topic(kafka_settings: KafkaSettings) -> TopicFactory:
+    """Create a fresh, uniquely named topic (6 partitions unless told otherwise)."""
+
+    async def make(partitions: int = 6, config: dict[str, str] | None = None) -> str:
+        name = f"test.{uuid.uuid4().hex[:12]}"
+        await create_topics(kafka_settings, [name], partitions=partitions, config=config)
+        return name
+
+    return make
+
+
+Reader = Callable[..., Awaitable[list[ConsumerRecord[bytes, bytes]]]]
+
+
+@pytest.fixture
+async def read_topic(kafka_settings: KafkaSettings) -> AsyncIterator[Reader]:
+    """Read every record of a topic from the beginning with a plain aiokafka consumer."""
+    consumers: list[AIOKafkaConsumer] = []
+
+    async def read(topic: str, expected: int, timeout_ms: int = 15000) -> list[ConsumerRecord[bytes, bytes]]:
+        consumer = AIOKafkaConsumer(**kafka_settings.client_kwargs(), enable_auto_commit=False)
+        consumers.append(consumer)
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for p in await partitions_of(kafka_settings, topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        waited = 0
+        while len(records) < expected and waited < timeout_ms:
+            batch = await consumer.getmany(timeout_ms=250)
+            waited += 250
+            for part in batch.values():
+                records.extend(part)
+        # One more short poll proves nothing beyond `expected` arrived.
+        for part in (await consumer.getmany(timeout_ms=300)).values():
+            records.extend(part)
+        return records
+
+    yield read
+    for consumer in consumers:
+        await consumer.stop()
