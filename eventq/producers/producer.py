@@ -23,13 +23,13 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as ke
 from aiokafka.partitioner import murmur2
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 
 from eventq.errors import BrokerUnavailable, ConfigError, EventError, EventqError, TopicNotFound
 from eventq.kafka import translate
@@ -43,8 +43,7 @@ log = structlog.get_logger("eventq.producer")
 _FRAMING_BYTES = 16 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
+class Published(NamedTuple):
     """Where an acknowledged event landed."""
 
     event_id: str
@@ -53,8 +52,7 @@ class Published:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class Failed:
+class Failed(NamedTuple):
     """An event the broker did not acknowledge, and why."""
 
     event_id: str
@@ -223,6 +221,8 @@ class Producer:
 
     @staticmethod
     def _trace_headers() -> list[tuple[str, bytes]]:
+        if not trace.get_current_span().get_span_context().is_valid:
+            return []  # no active trace: nothing to propagate, and the common case stays cheap
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         return [(k, v.encode()) for k, v in carrier.items() if k in ("traceparent", "tracestate")]

@@ -195,3 +195,24 @@ async def test_concurrent_publish_calls_are_all_acknowledged(
         results = await asyncio.gather(*(producer.publish(e) for e in events))
     assert len({(r.partition, r.offset) for r in results}) == 500
     assert len(await read_topic(topic, expected=500)) == 500
+
+
+async def test_active_trace_context_travels_in_traceparent_header(
+    kafka_settings: KafkaSettings, new_topic: TopicFactory, read_topic: Reader
+) -> None:
+    """An event published inside an active span carries that span's W3C traceparent."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("tests")
+    topic = await new_topic(partitions=1)
+    async with producer_for(kafka_settings, default_topic=topic) as producer:
+        with tracer.start_as_current_span("caller") as span:
+            await producer.publish(ping(1))
+            await producer.publish_many([ping(2)])
+        await producer.publish(ping(3))
+    ctx = span.get_span_context()
+    expected = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}".encode()
+    first, second, third = await read_topic(topic, expected=3)
+    assert dict(first.headers)["traceparent"] == expected
+    assert dict(second.headers)["traceparent"] == expected
+    assert "traceparent" not in dict(third.headers)

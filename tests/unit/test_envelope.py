@@ -178,3 +178,12 @@ def test_decode_accepts_zulu_time_from_other_producers() -> None:
     """ce_time written with a 'Z' suffix (as other CloudEvents SDKs do) decodes to UTC."""
     key, value, headers = record_with(ce_time=b"2026-11-28T10:00:00.5Z")
     assert decode(key, value, headers).time == datetime(2026, 11, 28, 10, 0, 0, 500000, tzinfo=UTC)
+
+
+def test_times_are_kept_to_the_millisecond_like_the_wire() -> None:
+    """Sub-millisecond digits are dropped at construction, so a decoded event equals the original."""
+    event = order(time=datetime(2026, 11, 28, 10, 0, 0, 123456, tzinfo=UTC))
+    assert event.time.microsecond == 123000
+    record = encode(event)
+    assert dict(record.headers)["ce_time"] == b"2026-11-28T10:00:00.123Z"
+    assert decode(record.key, record.value, record.headers).time == event.time

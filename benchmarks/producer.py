@@ -1,0 +1,208 @@
+"""Producer throughput: eventq against raw aiokafka and confluent-kafka, same broker, same run.
+
+Every variant publishes the same N events (~200-byte JSON payloads, 1,000 keys) to
+a fresh 6-partition topic with acks=all and idempotence, and is timed from the
+first send to the last acknowledgement. Event objects (eventq) or encoded records
+(baselines) are built before the clock starts, so the eventq figures include
+schema validation and envelope encoding and the baselines do not. Each variant runs
+``--repeat`` times; the median is reported.
+
+    python benchmarks/producer.py [--events 200000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiokafka import AIOKafkaProducer  # noqa: E402
+from aiokafka.partitioner import murmur2  # noqa: E402
+
+from eventq.config import KafkaSettings  # noqa: E402
+from eventq.kafka import create_topics  # noqa: E402
+from eventq.producers import Producer, ProducerSettings  # noqa: E402
+from eventq.schemas import EncodedEvent, Event, encode  # noqa: E402
+
+PARTITIONS = 6
+CHUNK = 10_000  # events per publish_many call / per gather of publish calls
+
+
+def make_events(n: int) -> list[Event]:
+    return [
+        Event(
+            type="eventq.ping.v1",
+            source="bench",
+            key=f"customer-{i % 1000}",
+            data={"n": i, "customer": f"customer-{i % 1000}", "note": "x" * 150},
+        )
+        for i in range(n)
+    ]
+
+
+async def fresh_topic(kafka: KafkaSettings) -> str:
+    name = f"bench.{uuid.uuid4().hex[:10]}"
+    await create_topics(kafka, [name], partitions=PARTITIONS)
+    return name
+
+
+def aiokafka_producer(kafka: KafkaSettings, batch_bytes: int) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **kafka.client_kwargs(), acks="all", enable_idempotence=True, linger_ms=5,
+        max_batch_size=batch_bytes, max_request_size=2 * 1024 * 1024,
+    )
+
+
+async def run_eventq_publish(kafka: KafkaSettings, events: list[Event], records: list[EncodedEvent]) -> float:
+    topic = await fresh_topic(kafka)
+    async with Producer(ProducerSettings(kafka=kafka, default_topic=topic)) as producer:
+        await producer.publish(events[0])
+        started = time.perf_counter()
+        for i in range(0, len(events), CHUNK):
+            await asyncio.gather(*(producer.publish(e) for e in events[i : i + CHUNK]))
+        return time.perf_counter() - started
+
+
+async def run_eventq_publish_many(kafka: KafkaSettings, events: list[Event], records: list[EncodedEvent]) -> float:
+    topic = await fresh_topic(kafka)
+    async with Producer(ProducerSettings(kafka=kafka, default_topic=topic)) as producer:
+        await producer.publish(events[0])
+        started = time.perf_counter()
+        for i in range(0, len(events), CHUNK):
+            report = await producer.publish_many(events[i : i + CHUNK])
+            report.raise_for_failures()
+        return time.perf_counter() - started
+
+
+async def run_aiokafka_send(kafka: KafkaSettings, events: list[Event], records: list[EncodedEvent]) -> float:
+    topic = await fresh_topic(kafka)
+    producer = aiokafka_producer(kafka, 512 * 1024)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"warm-up")
+        started = time.perf_counter()
+        for i in range(0, len(records), CHUNK):
+            futures = [
+                await producer.send(topic, r.value, key=r.key, headers=r.headers, timestamp_ms=r.timestamp_ms)
+                for r in records[i : i + CHUNK]
+            ]
+            await asyncio.gather(*futures)
+        return time.perf_counter() - started
+    finally:
+        await producer.stop()
+
+
+async def run_aiokafka_batch(kafka: KafkaSettings, events: list[Event], records: list[EncodedEvent]) -> float:
+    """The ceiling for any aiokafka-based producer: pre-encoded records, batch API."""
+    topic = await fresh_topic(kafka)
+    producer = aiokafka_producer(kafka, 512 * 1024)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"warm-up")
+        partitions = sorted(await producer.partitions_for(topic))
+        started = time.perf_counter()
+        for i in range(0, len(records), CHUNK):
+            groups: dict[int, list[EncodedEvent]] = {}
+            for r in records[i : i + CHUNK]:
+                p = partitions[(murmur2(r.key) & 0x7FFFFFFF) % len(partitions)] if r.key else 0
+                groups.setdefault(p, []).append(r)
+            futures = []
+            for p, group in groups.items():
+                batch = producer.create_batch()
+                for r in group:
+                    if batch.append(key=r.key, value=r.value, timestamp=r.timestamp_ms, headers=r.headers) is None:
+                        futures.append(await producer.send_batch(batch, topic, partition=p))
+                        batch = producer.create_batch()
+                        batch.append(key=r.key, value=r.value, timestamp=r.timestamp_ms, headers=r.headers)
+                futures.append(await producer.send_batch(batch, topic, partition=p))
+            await asyncio.gather(*futures)
+        return time.perf_counter() - started
+    finally:
+        await producer.stop()
+
+
+async def run_confluent(kafka: KafkaSettings, events: list[Event], records: list[EncodedEvent]) -> float:
+    from confluent_kafka import Producer as CProducer
+
+    topic = await fresh_topic(kafka)
+    producer = CProducer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    producer.produce(topic, b"warm-up")
+    producer.flush()
+    failures = 0
+
+    def on_delivery(err: object, msg: object) -> None:
+        nonlocal failures
+        if err is not None:
+            failures += 1
+
+    started = time.perf_counter()
+    for r in records:
+        producer.produce(topic, r.value, r.key, headers=r.headers, timestamp=r.timestamp_ms, on_delivery=on_delivery)
+        producer.poll(0)
+    producer.flush()
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"confluent-kafka reported {failures} failed deliveries")
+    return elapsed
+
+
+VARIANTS: dict[str, Callable[[KafkaSettings, list[Event], list[EncodedEvent]], Awaitable[float]]] = {
+    "eventq publish_many": run_eventq_publish_many,
+    "eventq publish (concurrent)": run_eventq_publish,
+    "aiokafka send_batch (pre-encoded)": run_aiokafka_batch,
+    "aiokafka send (pre-encoded)": run_aiokafka_send,
+    "confluent-kafka produce (pre-encoded)": run_confluent,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--bootstrap-servers", default=os.environ.get("EVENTQ_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    args = parser.parse_args()
+    kafka = KafkaSettings(bootstrap_servers=args.bootstrap_servers, client_id="eventq-bench")
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        print("confluent-kafka is not installed (pip install -e '.[bench]'); skipping that baseline")
+        VARIANTS.pop("confluent-kafka produce (pre-encoded)")
+
+    events = make_events(args.events)
+    records = [encode(e) for e in events]
+    size = statistics.mean(len(r.value) for r in records)
+    print(f"producer benchmark: {args.events:,} events, payload {size:.0f} B, "
+          f"{PARTITIONS} partitions, acks=all, idempotent, median of {args.repeat}")
+    rates: dict[str, float] = {}
+    for name, variant in VARIANTS.items():
+        times = [asyncio.run(variant(kafka, events, records)) for _ in range(args.repeat)]
+        rates[name] = args.events / statistics.median(times)
+        print(f"  {name:<40} {rates[name]:>10,.0f} events/s", flush=True)
+    base = rates["eventq publish_many"]
+    print("ratios (eventq publish_many / baseline):")
+    for name, rate in rates.items():
+        if name != "eventq publish_many":
+            print(f"  vs {name:<37} {base / rate:>6.2f}x")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
