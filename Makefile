@@ -1,0 +1,36 @@
+# Developer entry points. Needs only python3 (3.11+), Java 17+, mvn and Debian's
+# PostgreSQL 15 server binaries; see deploy/README.md.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+BIN := $(VENV)/bin
+
+.PHONY: venv up down demo test bench lint
+
+venv: $(STAMP)
+
+# Reinstall only when the package metadata changed since the last install.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+up: venv
+	$(BIN)/eventq dev up
+
+down: venv
+	$(BIN)/eventq dev down
+
+demo: up
+	$(BIN)/eventq demo
+
+test: up
+	$(BIN)/python -m pytest
+
+bench: up
+	$(BIN)/python benchmarks/run.py
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
