@@ -7,9 +7,11 @@ of :mod:`eventq.errors` (``raise translate(...) from exc``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka import errors as ke
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -56,6 +58,26 @@ def translate(exc: BaseException, *, topic: str, settings: KafkaSettings) -> Eve
         error.retriable = bool(getattr(exc, "retriable", False))
         return error
     return PublishError(topic, f"unexpected {type(exc).__name__}: {exc}")
+
+
+async def stop_producer(producer: AIOKafkaProducer, timeout: float) -> bool:
+    """Stop an aiokafka producer, waiting at most ``timeout`` s for pending batches.
+
+    Returns False when batches were still unacknowledged and had to be failed: an
+    idempotent aiokafka producer retries forever, so its ``stop()`` would otherwise
+    never return while the broker is unreachable.
+    """
+    stopping = asyncio.ensure_future(producer.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=timeout)
+    if done:
+        stopping.result()
+        return True
+    # No public API fails pending batches; this is the accumulator's own shutdown path.
+    producer._message_accumulator.fail_all(  # noqa: SLF001
+        ke.KafkaTimeoutError("producer stopped before the broker acknowledged")
+    )
+    await stopping
+    return False
 
 
 async def create_topics(

@@ -6,16 +6,20 @@ reachable, so a CI run that could not start the stack cannot pass by accident.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from eventq.config import KafkaSettings
+from eventq.devstack import StackSettings
+from eventq.devstack.kafka import KafkaBroker, ensure_kafka_jars
 from eventq.kafka import create_topics
 
 BOOTSTRAP = os.environ.get("EVENTQ_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -48,6 +52,38 @@ async def partitions_of(kafka: KafkaSettings, topic: str) -> list[int]:
         return sorted(p["partition"] for p in description["partitions"])
     finally:
         await admin.close()
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:  # all bound at once, so the ports differ
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_lib() -> Path:
+    """The jars the dev stack itself uses (fetched once with mvn if missing)."""
+    return ensure_kafka_jars(StackSettings.from_env())
+
+
+@pytest.fixture
+async def broker(tmp_path: Path, kafka_lib: Path) -> AsyncIterator[KafkaBroker]:
+    """A broker of the test's own (not started yet), on free ports; stopped afterwards."""
+    port, controller_port = free_ports(2)
+    broker = KafkaBroker(
+        home=tmp_path / "kafka",
+        port=port,
+        controller_port=controller_port,
+        lib=kafka_lib,
+    )
+    yield broker
+    await asyncio.to_thread(broker.stop)
 
 
 TopicFactory = Callable[..., Awaitable[str]]

@@ -32,7 +32,7 @@ from aiokafka.partitioner import murmur2
 from opentelemetry import propagate, trace
 
 from eventq.errors import BrokerUnavailable, ConfigError, EventError, EventqError, TopicNotFound
-from eventq.kafka import translate
+from eventq.kafka import stop_producer, translate
 from eventq.producers.settings import ProducerSettings
 from eventq.schemas.envelope import EncodedEvent, Event, encode
 from eventq.schemas.registry import SchemaRegistry
@@ -146,10 +146,16 @@ class Producer:
         log.info("producer.started", bootstrap_servers=s.kafka.bootstrap_servers, client_id=s.kafka.client_id)
 
     async def stop(self) -> None:
-        """Flush pending events and disconnect. Idempotent."""
+        """Wait up to ``delivery_timeout_s`` for pending events, then disconnect. Idempotent.
+
+        Events still unacknowledged after that are abandoned (their callers already
+        got a PublishTimeout or a Failed outcome) and a warning is logged.
+        """
         aio, self._aio = self._aio, None
         if aio is not None:
-            await aio.stop()
+            flushed = await stop_producer(aio, self.settings.delivery_timeout_s)
+            if not flushed:
+                log.warning("producer.unflushed_abandoned", client_id=self.settings.kafka.client_id)
             log.info("producer.stopped", client_id=self.settings.kafka.client_id)
 
     async def publish(self, event: Event, *, topic: str | None = None) -> Published:
@@ -162,6 +168,7 @@ class Producer:
         """
         name = self._topic(topic)
         encoded = self._encode(event, self._trace_headers())
+        deadline = asyncio.get_running_loop().time() + self.settings.delivery_timeout_s
         aio = await self._ready(name)
         try:
             future = await aio.send(
@@ -171,7 +178,7 @@ class Producer:
                 timestamp_ms=encoded.timestamp_ms,
                 headers=encoded.headers,
             )
-            metadata = await future
+            metadata = await _acknowledgement(future, deadline)
         except Exception as exc:
             raise translate(exc, topic=name, settings=self.settings.kafka) from exc
         return Published(event.id, name, metadata.partition, metadata.offset)
@@ -198,12 +205,13 @@ class Producer:
                 raise
         if not items:
             return PublishReport(())
+        deadline = asyncio.get_running_loop().time() + self.settings.delivery_timeout_s
         aio = await self._ready(name)
         by_partition = self._group_by_partition(aio, name, encoded)
         outcomes: list[Outcome | None] = [None] * len(items)
         await asyncio.gather(
             *(
-                self._send_partition(aio, name, partition, indexes, items, encoded, outcomes)
+                self._send_partition(aio, name, partition, indexes, items, encoded, outcomes, deadline)
                 for partition, indexes in by_partition.items()
             )
         )
@@ -285,6 +293,7 @@ class Producer:
         events: Sequence[Event],
         encoded: Sequence[EncodedEvent],
         outcomes: list[Outcome | None],
+        deadline: float,
     ) -> None:
         submitted: list[tuple[asyncio.Future[Any], list[int]]] = []
         members: list[int] = []
@@ -312,7 +321,7 @@ class Producer:
         done: set[int] = set()
         for future, batch_members in submitted:
             try:
-                metadata = await future
+                metadata = await _acknowledgement(future, deadline)
             except Exception as exc:
                 error = translate(exc, topic=topic, settings=self.settings.kafka)
                 for i in batch_members:
@@ -333,3 +342,24 @@ class Producer:
         except Exception as exc:
             raise translate(exc, topic=topic, settings=self.settings.kafka) from exc
         return future
+
+
+async def _acknowledgement(future: asyncio.Future[Any], deadline: float) -> Any:
+    """The broker's answer for a queued record or batch, or KafkaTimeoutError at ``deadline``.
+
+    aiokafka never expires batches of an idempotent producer: it retries until the
+    broker answers. eventq bounds the wait instead; a batch that times out here may
+    still be written later (the caller was told it may or may not have been).
+    """
+    remaining = deadline - asyncio.get_running_loop().time()
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), max(remaining, 0))
+    except TimeoutError:
+        future.add_done_callback(_retrieve)
+        raise ke.KafkaTimeoutError("not acknowledged before the delivery timeout") from None
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    # Mark a late failure as seen so asyncio does not log "exception never retrieved".
+    if not future.cancelled():
+        future.exception()

@@ -21,41 +21,13 @@ from eventq.errors import DevStackError
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:  # all bound at once, so the ports differ
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+from tests.conftest import free_ports as _free_ports  # noqa: E402  (shared with other broker tests)
 
 
 def _remove_cluster_home(home: Path, stack_dir: Path) -> None:
     # A home outside the stack folder is the /tmp fallback, which tmp_path does not clean.
     if not home.is_relative_to(stack_dir):
         shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def kafka_lib() -> Path:
-    """The jars the dev stack itself uses (fetched once with mvn if missing)."""
-    return ensure_kafka_jars(StackSettings.from_env())
-
-
-@pytest.fixture
-async def broker(tmp_path: Path, kafka_lib: Path) -> AsyncIterator[KafkaBroker]:
-    port, controller_port = _free_ports(2)
-    broker = KafkaBroker(
-        home=tmp_path / "kafka",
-        port=port,
-        controller_port=controller_port,
-        lib=kafka_lib,
-    )
-    yield broker
-    await asyncio.to_thread(broker.stop)
 
 
 async def _admin(broker: KafkaBroker) -> AIOKafkaAdminClient:
