@@ -23,7 +23,7 @@ from eventq.devstack.commands import dev
 from eventq.errors import EventqError
 from eventq.kafka import create_topics
 from eventq.producers import Producer, ProducerSettings
-from eventq.schemas import Event
+from eventq.schemas import Event, SchemaRegistry
 
 T = TypeVar("T")
 
@@ -133,6 +133,8 @@ def publish(
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
+        # Refuse a bad payload before connecting: the answer does not depend on the broker.
+        SchemaRegistry.load(settings.schemas).validate(event.type, event.data)
         async with Producer(settings) as producer:
             published = await producer.publish(event, topic=topic)
         click.echo(

@@ -83,7 +83,8 @@ class PublishError(EventqError):
     """The broker did not acknowledge an event; nothing is reported published."""
 
     def __init__(self, topic: str, reason: str) -> None:
-        super().__init__(f"publish to topic {topic!r} failed: {reason}")
+        where = f"publish to topic {topic!r} failed" if topic else "cannot publish"
+        super().__init__(f"{where}: {reason}")
         self.topic = topic
         self.reason = reason
 

@@ -141,7 +141,7 @@ class Producer:
             await aio.start()
         except Exception as exc:
             await aio.stop()
-            raise translate(exc, topic=s.default_topic or "*", settings=s.kafka) from exc
+            raise translate(exc, topic=s.default_topic or "", settings=s.kafka) from exc
         self._aio = aio
         log.info("producer.started", bootstrap_servers=s.kafka.bootstrap_servers, client_id=s.kafka.client_id)
 

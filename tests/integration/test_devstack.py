@@ -6,7 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from eventq.devstack import StackSettings, port_accepts
 from eventq.devstack.commands import down, status
-from eventq.devstack.kafka import KafkaBroker, ensure_kafka_jars
+from eventq.devstack.kafka import KafkaBroker
 from eventq.devstack.postgres import PostgresCluster, cluster_home
 from eventq.errors import DevStackError
 
