@@ -22,7 +22,8 @@ from eventq.devstack import StackSettings
 from eventq.devstack.kafka import KafkaBroker, ensure_kafka_jars
 from eventq.kafka import create_topics
 
-BOOTSTRAP = os.environ.get("EVENTQ_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+# The dev stack's broker unless the environment names another one.
+BOOTSTRAP = os.environ.get("EVENTQ_BOOTSTRAP_SERVERS") or StackSettings.from_env().bootstrap_servers
 
 
 def _reachable(host_port: str) -> bool:

@@ -23,7 +23,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -215,7 +215,9 @@ class Producer:
                 for partition, indexes in by_partition.items()
             )
         )
-        return PublishReport(tuple(o for o in outcomes if o is not None))
+        if None in outcomes:  # every index belongs to exactly one partition task
+            raise RuntimeError("publish_many left an event without an outcome; this is a bug in eventq")
+        return PublishReport(tuple(cast(list[Outcome], outcomes)))
 
     def _topic(self, topic: str | None) -> str:
         name = topic or self.settings.default_topic
