@@ -4,8 +4,10 @@ Every variant publishes the same N events (~200-byte JSON payloads, 1,000 keys) 
 a fresh 6-partition topic with acks=all and idempotence, and is timed from the
 first send to the last acknowledgement. Event objects (eventq) or encoded records
 (baselines) are built before the clock starts, so the eventq figures include
-schema validation and envelope encoding and the baselines do not. Each variant runs
-``--repeat`` times; the median is reported.
+schema validation and envelope encoding and the baselines do not. A warm-up round
+(unmeasured) lets the broker's JIT settle; then the variants take turns, round after
+round, so a drift in the machine's load hits all of them alike. The median of
+``--repeat`` rounds is reported.
 
     python benchmarks/producer.py [--events 200000] [--repeat 3]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import resource
 import statistics
@@ -25,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import structlog  # noqa: E402
 from aiokafka import AIOKafkaProducer  # noqa: E402
 from aiokafka.partitioner import murmur2  # noqa: E402
 
@@ -179,6 +183,8 @@ def main() -> int:
     parser.add_argument("--bootstrap-servers", default=os.environ.get("EVENTQ_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     args = parser.parse_args()
     kafka = KafkaSettings(bootstrap_servers=args.bootstrap_servers, client_id="eventq-bench")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.basicConfig(level=logging.ERROR)  # aiokafka's retry chatter while a new topic elects leaders
     try:
         import confluent_kafka  # noqa: F401
     except ImportError:
@@ -190,11 +196,18 @@ def main() -> int:
     size = statistics.mean(len(r.value) for r in records)
     print(f"producer benchmark: {args.events:,} events, payload {size:.0f} B, "
           f"{PARTITIONS} partitions, acks=all, idempotent, median of {args.repeat}")
+    warm_up = len(events) // 4
+    asyncio.run(run_aiokafka_batch(kafka, events[:warm_up], records[:warm_up]))
+    asyncio.run(run_eventq_publish_many(kafka, events[:warm_up], records[:warm_up]))
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for _ in range(args.repeat):
+        for name, variant in VARIANTS.items():
+            times[name].append(asyncio.run(variant(kafka, events, records)))
     rates: dict[str, float] = {}
-    for name, variant in VARIANTS.items():
-        times = [asyncio.run(variant(kafka, events, records)) for _ in range(args.repeat)]
-        rates[name] = args.events / statistics.median(times)
-        print(f"  {name:<40} {rates[name]:>10,.0f} events/s", flush=True)
+    for name, measured in times.items():
+        rates[name] = args.events / statistics.median(measured)
+        spread = ", ".join(f"{args.events / t:,.0f}" for t in measured)
+        print(f"  {name:<40} {rates[name]:>10,.0f} events/s   (rounds: {spread})", flush=True)
     base = rates["eventq publish_many"]
     print("ratios (eventq publish_many / baseline):")
     for name, rate in rates.items():

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -34,7 +34,7 @@ from opentelemetry import propagate, trace
 from eventq.errors import BrokerUnavailable, ConfigError, EventError, EventqError, TopicNotFound
 from eventq.kafka import stop_producer, translate
 from eventq.producers.settings import ProducerSettings
-from eventq.schemas.envelope import EncodedEvent, Event, encode
+from eventq.schemas.envelope import EncodedEvent, Event, RecordParts, encode, encode_parts, record_headers
 from eventq.schemas.registry import SchemaRegistry
 
 log = structlog.get_logger("eventq.producer")
@@ -63,32 +63,60 @@ class Failed(NamedTuple):
 Outcome = Published | Failed
 
 
-@dataclass(frozen=True, slots=True)
 class PublishReport:
-    """One outcome per event given to ``publish_many``, in the order given."""
+    """One outcome per event given to ``publish_many``, in the order given.
 
-    outcomes: tuple[Outcome, ...]
+    Kept compactly (partitions and offsets in arrays, failures in a dict) and turned
+    into :class:`Published`/:class:`Failed` objects only when read, so checking
+    ``ok`` on a large report costs nothing per event.
+    """
+
+    __slots__ = ("topic", "_ids", "_partitions", "_offsets", "_errors")
+
+    def __init__(
+        self, topic: str, event_ids: list[str], partitions: array[int], offsets: array[int],
+        errors: dict[int, EventqError],
+    ) -> None:
+        self.topic = topic
+        self._ids = event_ids
+        self._partitions = partitions
+        self._offsets = offsets
+        self._errors = errors
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def outcomes(self) -> tuple[Outcome, ...]:
+        """Published or Failed for each event, in input order."""
+        return tuple(self._outcome(i) for i in range(len(self._ids)))
 
     @property
     def published(self) -> list[Published]:
-        return [o for o in self.outcomes if isinstance(o, Published)]
+        topic, ids, partitions, offsets = self.topic, self._ids, self._partitions, self._offsets
+        return [Published(ids[i], topic, partitions[i], offsets[i]) for i in range(len(ids)) if i not in self._errors]
 
     @property
     def failed(self) -> list[Failed]:
-        return [o for o in self.outcomes if isinstance(o, Failed)]
+        return [Failed(self._ids[i], self.topic, error) for i, error in sorted(self._errors.items())]
 
     @property
     def ok(self) -> bool:
         """True when every event was acknowledged."""
-        return all(isinstance(o, Published) for o in self.outcomes)
+        return not self._errors
 
     def raise_for_failures(self) -> None:
         """Raise the first failure's error (with a count of all failures) if any."""
-        failed = self.failed
-        if failed:
-            error = failed[0].error
-            error.add_note(f"{len(failed)} of {len(self.outcomes)} events were not published")
+        if self._errors:
+            error = self._errors[min(self._errors)]
+            error.add_note(f"{len(self._errors)} of {len(self._ids)} events were not published")
             raise error
+
+    def _outcome(self, i: int) -> Outcome:
+        error = self._errors.get(i)
+        if error is not None:
+            return Failed(self._ids[i], self.topic, error)
+        return Published(self._ids[i], self.topic, self._partitions[i], self._offsets[i])
 
 
 class Producer:
@@ -196,28 +224,34 @@ class Producer:
         name = self._topic(topic)
         items = list(events)
         trace_headers = self._trace_headers()
-        encoded: list[EncodedEvent] = []
+        validate = self.registry.validate
+        max_bytes = self.settings.max_event_bytes
+        records: list[RecordParts] = []
         for index, event in enumerate(items):
             try:
-                encoded.append(self._encode(event, trace_headers))
+                validate(event.type, event.data)
+                records.append(encode_parts(event, max_event_bytes=max_bytes, trace_headers=trace_headers))
             except EventError as exc:
                 exc.add_note(f"publish_many: events[{index}] (type {event.type!r}, id {event.id}); nothing was sent")
                 raise
+        count = len(items)
+        report = PublishReport(
+            name, [e.id for e in items], array("i", [0]) * count, array("q", [-1]) * count, {}
+        )
         if not items:
-            return PublishReport(())
+            return report
         deadline = asyncio.get_running_loop().time() + self.settings.delivery_timeout_s
         aio = await self._ready(name)
-        by_partition = self._group_by_partition(aio, name, encoded)
-        outcomes: list[Outcome | None] = [None] * len(items)
+        by_partition = self._group_by_partition(aio, name, records)
         await asyncio.gather(
             *(
-                self._send_partition(aio, name, partition, indexes, items, encoded, outcomes, deadline)
+                self._send_partition(aio, name, partition, indexes, records, report, deadline)
                 for partition, indexes in by_partition.items()
             )
         )
-        if None in outcomes:  # every index belongs to exactly one partition task
+        if any(report._offsets[i] < 0 and i not in report._errors for i in range(count)):
             raise RuntimeError("publish_many left an event without an outcome; this is a bug in eventq")
-        return PublishReport(tuple(cast(list[Outcome], outcomes)))
+        return report
 
     def _topic(self, topic: str | None) -> str:
         name = topic or self.settings.default_topic
@@ -266,7 +300,7 @@ class Producer:
 
     @staticmethod
     def _group_by_partition(
-        aio: AIOKafkaProducer, topic: str, encoded: Sequence[EncodedEvent]
+        aio: AIOKafkaProducer, topic: str, records: Sequence[RecordParts]
     ) -> dict[int, list[int]]:
         cluster = aio.client.cluster
         partitions = sorted(cluster.partitions_for_topic(topic))
@@ -275,8 +309,8 @@ class Producer:
         count = len(partitions)
         by_key: dict[bytes, int] = {}
         groups: dict[int, list[int]] = {}
-        for index, record in enumerate(encoded):
-            key = record.key
+        for index, record in enumerate(records):
+            key = record[0]
             if key is None:
                 partition = sticky
             else:
@@ -292,9 +326,8 @@ class Producer:
         topic: str,
         partition: int,
         indexes: list[int],
-        events: Sequence[Event],
-        encoded: Sequence[EncodedEvent],
-        outcomes: list[Outcome | None],
+        records: Sequence[RecordParts],
+        report: PublishReport,
         deadline: float,
     ) -> None:
         submitted: list[tuple[asyncio.Future[Any], list[int]]] = []
@@ -302,18 +335,16 @@ class Producer:
         failure: EventqError | None = None
         batch = aio.create_batch()
         for index in indexes:
-            record = encoded[index]
-            appended = batch.append(
-                key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=record.headers
-            )
-            if appended is None:
+            record = records[index]
+            headers = record_headers(record)
+            if batch.append(key=record[0], value=record[1], timestamp=record[2], headers=headers) is None:
                 try:
                     submitted.append((await self._submit(aio, batch, topic, partition), members))
                 except EventqError as exc:
                     failure = exc
                     break
                 batch, members = aio.create_batch(), []
-                batch.append(key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=record.headers)
+                batch.append(key=record[0], value=record[1], timestamp=record[2], headers=headers)
             members.append(index)
         if failure is None and members:
             try:
@@ -321,21 +352,24 @@ class Producer:
             except EventqError as exc:
                 failure = exc
         done: set[int] = set()
+        partitions, offsets, errors = report._partitions, report._offsets, report._errors
         for future, batch_members in submitted:
             try:
                 metadata = await _acknowledgement(future, deadline)
             except Exception as exc:
                 error = translate(exc, topic=topic, settings=self.settings.kafka)
                 for i in batch_members:
-                    outcomes[i] = Failed(events[i].id, topic, error)
+                    errors[i] = error
             else:
+                base = metadata.offset
                 for position, i in enumerate(batch_members):
-                    outcomes[i] = Published(events[i].id, topic, partition, metadata.offset + position)
+                    partitions[i] = partition
+                    offsets[i] = base + position
             done.update(batch_members)
         if failure is not None:
             for i in indexes:
                 if i not in done:
-                    outcomes[i] = Failed(events[i].id, topic, failure)
+                    errors[i] = failure
 
     async def _submit(self, aio: AIOKafkaProducer, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
         batch.close()
