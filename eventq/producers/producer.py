@@ -33,6 +33,7 @@ from opentelemetry import propagate, trace
 
 from eventq.errors import BrokerUnavailable, ConfigError, EventError, EventqError, TopicNotFound
 from eventq.kafka import stop_producer, translate
+from eventq.producers.deadlines import AckDeadlines
 from eventq.producers.settings import ProducerSettings
 from eventq.schemas.envelope import EncodedEvent, Event, RecordParts, encode, encode_parts, record_headers
 from eventq.schemas.registry import SchemaRegistry
@@ -131,6 +132,7 @@ class Producer:
         self._registry: SchemaRegistry | None = None
         self._aio: AIOKafkaProducer | None = None
         self._known_topics: set[str] = set()
+        self._acks = AckDeadlines(self.settings.delivery_timeout_s)
 
     async def __aenter__(self) -> Producer:
         await self.start()
@@ -182,6 +184,7 @@ class Producer:
         aio, self._aio = self._aio, None
         if aio is not None:
             flushed = await stop_producer(aio, self.settings.delivery_timeout_s)
+            await self._acks.close()
             if not flushed:
                 log.warning("producer.unflushed_abandoned", client_id=self.settings.kafka.client_id)
             log.info("producer.stopped", client_id=self.settings.kafka.client_id)
@@ -196,7 +199,7 @@ class Producer:
         """
         name = self._topic(topic)
         encoded = self._encode(event, self._trace_headers())
-        deadline = asyncio.get_running_loop().time() + self.settings.delivery_timeout_s
+        deadline = self._acks.deadline()
         aio = await self._ready(name)
         try:
             future = await aio.send(
@@ -206,7 +209,7 @@ class Producer:
                 timestamp_ms=encoded.timestamp_ms,
                 headers=encoded.headers,
             )
-            metadata = await _acknowledgement(future, deadline)
+            metadata = await self._acks.wait(future, deadline)
         except Exception as exc:
             raise translate(exc, topic=name, settings=self.settings.kafka) from exc
         return Published(event.id, name, metadata.partition, metadata.offset)
@@ -240,7 +243,7 @@ class Producer:
         )
         if not items:
             return report
-        deadline = asyncio.get_running_loop().time() + self.settings.delivery_timeout_s
+        deadline = self._acks.deadline()
         aio = await self._ready(name)
         by_partition = self._group_by_partition(aio, name, records)
         await asyncio.gather(
@@ -355,7 +358,7 @@ class Producer:
         partitions, offsets, errors = report._partitions, report._offsets, report._errors
         for future, batch_members in submitted:
             try:
-                metadata = await _acknowledgement(future, deadline)
+                metadata = await self._acks.wait(future, deadline)
             except Exception as exc:
                 error = translate(exc, topic=topic, settings=self.settings.kafka)
                 for i in batch_members:
@@ -379,23 +382,3 @@ class Producer:
             raise translate(exc, topic=topic, settings=self.settings.kafka) from exc
         return future
 
-
-async def _acknowledgement(future: asyncio.Future[Any], deadline: float) -> Any:
-    """The broker's answer for a queued record or batch, or KafkaTimeoutError at ``deadline``.
-
-    aiokafka never expires batches of an idempotent producer: it retries until the
-    broker answers. eventq bounds the wait instead; a batch that times out here may
-    still be written later (the caller was told it may or may not have been).
-    """
-    remaining = deadline - asyncio.get_running_loop().time()
-    try:
-        return await asyncio.wait_for(asyncio.shield(future), max(remaining, 0))
-    except TimeoutError:
-        future.add_done_callback(_retrieve)
-        raise ke.KafkaTimeoutError("not acknowledged before the delivery timeout") from None
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    # Mark a late failure as seen so asyncio does not log "exception never retrieved".
-    if not future.cancelled():
-        future.exception()
