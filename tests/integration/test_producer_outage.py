@@ -13,7 +13,7 @@ from eventq.devstack.kafka import KafkaBroker
 from eventq.errors import BrokerUnavailable, PublishError, PublishTimeout
 from eventq.kafka import create_topics
 from eventq.producers import Failed, Producer, ProducerSettings, Published
-from eventq.schemas import Event
+from eventq.schemas import Event, decode
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -24,7 +24,8 @@ def ping(n: int) -> Event:
     return Event(type="eventq.ping.v1", source="tests", key=f"k{n % 4}", data={"n": n})
 
 
-async def stored_ids(kafka: KafkaSettings) -> set[str]:
+async def stored(kafka: KafkaSettings) -> list[tuple[str, str, int]]:
+    """(event id, key, n) of every record in the topic, in partition then offset order."""
     consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
@@ -32,13 +33,15 @@ async def stored_ids(kafka: KafkaSettings) -> set[str]:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        ids: set[str] = set()
+        found: list[tuple[int, int, str, str, int]] = []
         remaining = sum(ends.values())
         while remaining > 0:
             for records in (await consumer.getmany(timeout_ms=500)).values():
-                ids.update(dict(r.headers)["ce_id"].decode() for r in records)
+                for r in records:
+                    event = decode(r.key, r.value, r.headers)
+                    found.append((r.partition, r.offset, event.id, event.key or "", event.data["n"]))
                 remaining -= len(records)
-        return ids
+        return [(event_id, key, n) for _, _, event_id, key, n in sorted(found)]
     finally:
         await consumer.stop()
 
@@ -68,12 +71,12 @@ async def test_broker_down_fails_publishes_and_recovery_needs_no_new_producer(br
         assert after.ok
         reported.extend(after.published)
 
-    assert {p.event_id for p in reported} <= await stored_ids(kafka)
+    assert {p.event_id for p in reported} <= {event_id for event_id, _, _ in await stored(kafka)}
 
 
 async def test_broker_killed_mid_stream_loses_no_acknowledged_event(broker: KafkaBroker) -> None:
     """A broker killed with SIGKILL while publish_many streams, then restarted, has stored every
-    event that was reported Published, before and after the kill."""
+    event that was reported Published, none twice, and each key's events in publish order."""
     await asyncio.to_thread(broker.start)
     kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{broker.port}")
     await create_topics(kafka, [TOPIC], partitions=3)
@@ -106,4 +109,11 @@ async def test_broker_killed_mid_stream_loses_no_acknowledged_event(broker: Kafk
         stop.set()
         await streaming
 
-    assert acknowledged <= await stored_ids(kafka)
+    records = await stored(kafka)
+    ids = [event_id for event_id, _, _ in records]
+    assert acknowledged <= set(ids)
+    assert len(ids) == len(set(ids)), "a retry after the kill wrote an event twice"
+    per_key: dict[str, list[int]] = {}
+    for _, key, n in records:
+        per_key.setdefault(key, []).append(n)
+    assert all(seq == sorted(seq) for seq in per_key.values()), "a retry reordered a key's events"
