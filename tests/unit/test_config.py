@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from eventq.config import KafkaSettings
@@ -76,3 +80,20 @@ def test_secrets_never_appear_in_repr() -> None:
     )
     assert "s3cret" not in repr(settings)
     assert "svc" in repr(settings)
+
+
+def test_tls_settings_build_a_verifying_ssl_context(tmp_path: Path) -> None:
+    """SSL settings reach aiokafka as an SSLContext that trusts the given CA and verifies the broker."""
+    ca = tmp_path / "ca.pem"
+    key = tmp_path / "ca.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=eventq-test-ca",
+         "-keyout", str(key), "-out", str(ca)],
+        check=True, capture_output=True,
+    )
+    kwargs = KafkaSettings(bootstrap_servers="k:9093", security_protocol="SSL", ssl_cafile=str(ca)).client_kwargs()
+    context = kwargs["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "eventq-test-ca"),),)]
+    assert kwargs["security_protocol"] == "SSL"
