@@ -74,15 +74,12 @@ class PublishReport:
 
     __slots__ = ("topic", "_ids", "_partitions", "_offsets", "_errors")
 
-    def __init__(
-        self, topic: str, event_ids: list[str], partitions: array[int], offsets: array[int],
-        errors: dict[int, EventqError],
-    ) -> None:
+    def __init__(self, topic: str, event_ids: list[str]) -> None:
         self.topic = topic
         self._ids = event_ids
-        self._partitions = partitions
-        self._offsets = offsets
-        self._errors = errors
+        self._partitions = array("i", [0]) * len(event_ids)
+        self._offsets = array("q", [-1]) * len(event_ids)  # -1: no answer yet
+        self._errors: dict[int, EventqError] = {}
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -112,6 +109,19 @@ class PublishReport:
             error = self._errors[min(self._errors)]
             error.add_note(f"{len(self._errors)} of {len(self._ids)} events were not published")
             raise error
+
+    def _acknowledged(self, indexes: list[int], partition: int, base_offset: int) -> None:
+        partitions, offsets = self._partitions, self._offsets
+        for position, i in enumerate(indexes):
+            partitions[i] = partition
+            offsets[i] = base_offset + position
+
+    def _fail(self, indexes: Iterable[int], error: EventqError) -> None:
+        for i in indexes:
+            self._errors[i] = error
+
+    def _unresolved(self) -> int:
+        return sum(1 for i, offset in enumerate(self._offsets) if offset < 0 and i not in self._errors)
 
     def _outcome(self, i: int) -> Outcome:
         error = self._errors.get(i)
@@ -237,10 +247,7 @@ class Producer:
             except EventError as exc:
                 exc.add_note(f"publish_many: events[{index}] (type {event.type!r}, id {event.id}); nothing was sent")
                 raise
-        count = len(items)
-        report = PublishReport(
-            name, [e.id for e in items], array("i", [0]) * count, array("q", [-1]) * count, {}
-        )
+        report = PublishReport(name, [e.id for e in items])
         if not items:
             return report
         deadline = self._acks.deadline()
@@ -252,7 +259,7 @@ class Producer:
                 for partition, indexes in by_partition.items()
             )
         )
-        if any(report._offsets[i] < 0 and i not in report._errors for i in range(count)):
+        if report._unresolved():  # every index belongs to exactly one partition's task
             raise RuntimeError("publish_many left an event without an outcome; this is a bug in eventq")
         return report
 
@@ -355,24 +362,16 @@ class Producer:
             except EventqError as exc:
                 failure = exc
         done: set[int] = set()
-        partitions, offsets, errors = report._partitions, report._offsets, report._errors
         for future, batch_members in submitted:
             try:
                 metadata = await self._acks.wait(future, deadline)
             except Exception as exc:
-                error = translate(exc, topic=topic, settings=self.settings.kafka)
-                for i in batch_members:
-                    errors[i] = error
+                report._fail(batch_members, translate(exc, topic=topic, settings=self.settings.kafka))
             else:
-                base = metadata.offset
-                for position, i in enumerate(batch_members):
-                    partitions[i] = partition
-                    offsets[i] = base + position
+                report._acknowledged(batch_members, partition, metadata.offset)
             done.update(batch_members)
         if failure is not None:
-            for i in indexes:
-                if i not in done:
-                    errors[i] = failure
+            report._fail((i for i in indexes if i not in done), failure)
 
     async def _submit(self, aio: AIOKafkaProducer, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
         batch.close()
