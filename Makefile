@@ -23,7 +23,7 @@ down: venv
 	$(BIN)/eventq dev down
 
 demo: up
-	$(BIN)/eventq demo
+	$(BIN)/eventq --log-console demo
 
 test: up
 	$(BIN)/python -m pytest
