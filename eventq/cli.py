@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
@@ -19,6 +20,8 @@ import orjson
 import structlog
 
 from eventq.config import KafkaSettings
+from eventq.consumers import store
+from eventq.database import DEFAULT_DATABASE_URL, DatabaseSettings, connect
 from eventq.devstack.commands import dev
 from eventq.errors import EventqError
 from eventq.kafka import create_topics
@@ -164,6 +167,76 @@ def topics_create(bootstrap_servers: str, names: tuple[str, ...], partitions: in
     )
     for name in names:
         click.echo(f"{name}: {'created' if name in created else 'exists'}")
+
+
+def _database(url: str) -> DatabaseSettings:
+    try:
+        return dataclasses.replace(DatabaseSettings.from_env(), url=url)
+    except EventqError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+_AGE_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def parse_age(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
+    """Click callback: a duration such as 30d, 12h or 90m."""
+    text = value.strip()
+    number, unit = text[:-1], text[-1:]
+    if unit not in _AGE_UNITS or not number.isdigit() or int(number) == 0:
+        raise click.BadParameter(f"{text!r} is not a duration; use a whole number with d, h, m or s, e.g. 30d")
+    return timedelta(**{_AGE_UNITS[unit]: int(number)})
+
+
+database_url_option = click.option(
+    "--database-url", envvar="EVENTQ_DATABASE_URL", default=DEFAULT_DATABASE_URL, show_default="the dev stack's",
+    help="PostgreSQL URL.",
+)
+
+
+@main.group()
+def db() -> None:
+    """Manage eventq's tables in PostgreSQL."""
+
+
+@db.command("migrate")
+@database_url_option
+def db_migrate(database_url: str) -> None:
+    """Create or update eventq's tables (safe to run from several places at once)."""
+
+    async def go() -> list[int]:
+        conn = await connect(_database(database_url))
+        try:
+            return await store.migrate(conn)
+        finally:
+            await conn.close()
+
+    applied = run(go())
+    click.echo(f"applied migrations: {', '.join(map(str, applied))}" if applied else "database is up to date")
+
+
+@db.command("purge")
+@database_url_option
+@click.option(
+    "--older-than", required=True, callback=parse_age, help="Delete rows recorded longer ago than this, e.g. 30d."
+)
+@click.option("--group", default=None, help="Only this consumer group's rows.")
+def db_purge(database_url: str, older_than: timedelta, group: str | None) -> None:
+    """Delete old processed_events rows.
+
+    Keep rows longer than Kafka can redeliver an event to the group (topic retention,
+    offset resets): a redelivered event without its row runs its handler again.
+    """
+
+    async def go() -> int:
+        conn = await connect(_database(database_url))
+        try:
+            return await store.purge(conn, older_than, group=group)
+        finally:
+            await conn.close()
+
+    age = f"{older_than.days}d" if older_than == timedelta(days=older_than.days) else str(older_than)
+    click.echo(f"deleted {run(go())} processed_events rows recorded more than {age} ago")
 
 
 @main.command()

@@ -14,10 +14,12 @@
     │   ├── PublishTimeout           not acknowledged in time (retriable)
     │   ├── TopicNotFound            the topic does not exist (auto-create is off)
     │   └── MessageTooLarge          the broker refused the record's size
+    ├── DatabaseUnavailable          PostgreSQL did not answer or refused the connection
     └── DevStackError                the local Kafka/PostgreSQL stack could not be run
 
 aiokafka exceptions are translated into this tree in one place
-(:mod:`eventq.kafka`), always ``raise ... from exc`` so the cause stays visible.
+(:mod:`eventq.kafka`), asyncpg's in another (:mod:`eventq.database`), always
+``raise ... from exc`` so the cause stays visible.
 """
 
 from __future__ import annotations
@@ -107,6 +109,16 @@ class TopicNotFound(PublishError):
 
 class MessageTooLarge(PublishError):
     """The broker (or client limit) refused the record because of its size."""
+
+
+class DatabaseUnavailable(EventqError):
+    """PostgreSQL could not be reached (retriable) or refused the connection (not retriable)."""
+
+    def __init__(self, url: str, reason: str, *, retriable: bool = True) -> None:
+        super().__init__(
+            f"cannot use the database at {url}: {reason}; start it (eventq dev up) or fix EVENTQ_DATABASE_URL"
+        )
+        self.retriable = retriable
 
 
 class DevStackError(EventqError):

@@ -132,3 +132,29 @@ async def read_topic(kafka_settings: KafkaSettings) -> AsyncIterator[Reader]:
     yield read
     for consumer in consumers:
         await consumer.stop()
+
+
+@pytest.fixture
+async def database() -> AsyncIterator[str]:
+    """URL of a fresh, migrated database of the test's own on the dev stack's PostgreSQL (dropped after)."""
+    import asyncpg
+
+    from eventq.consumers.store import migrate
+    from eventq.database import DatabaseSettings
+
+    base = DatabaseSettings.from_env().url
+    try:
+        admin = await asyncpg.connect(base, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {base} ({exc}): run `eventq dev up` (or `make up`) first")
+    name = f"eventq_test_{uuid.uuid4().hex[:10]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = base.rsplit("/", 1)[0] + "/" + name
+    conn = await asyncpg.connect(url)
+    await migrate(conn)
+    await conn.close()
+    try:
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()

@@ -45,3 +45,10 @@ def test_invalid_bootstrap_setting_exits_1_naming_the_variable() -> None:
     code, output = invoke("topics", "create", "x", "--bootstrap-servers", "nohostport")
     assert code == 1
     assert "EVENTQ_BOOTSTRAP_SERVERS" in output
+
+
+def test_purge_age_must_be_a_duration() -> None:
+    """`eventq db purge --older-than` rejects anything but N followed by d, h, m or s (exit 2)."""
+    for bad in ("30", "3x", "0d", "-1d"):
+        code, output = invoke("db", "purge", "--older-than", bad)
+        assert code == 2 and "is not a duration" in output, bad

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from eventq.config import KafkaSettings
+from eventq.database import DatabaseSettings
 from eventq.errors import ConfigError
 from eventq.producers import ProducerSettings
 
@@ -97,3 +98,12 @@ def test_tls_settings_build_a_verifying_ssl_context(tmp_path: Path) -> None:
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "eventq-test-ca"),),)]
     assert kwargs["security_protocol"] == "SSL"
+
+
+def test_database_url_must_be_postgresql_and_its_password_stays_hidden() -> None:
+    """A non-PostgreSQL URL is a ConfigError; a password never shows in repr or safe_url."""
+    with pytest.raises(ConfigError, match="EVENTQ_DATABASE_URL"):
+        DatabaseSettings.from_env({"EVENTQ_DATABASE_URL": "mysql://db:3306/x"})
+    settings = DatabaseSettings.from_env({"EVENTQ_DATABASE_URL": "postgresql://svc:s3cret@db:5432/events"})
+    assert settings.safe_url == "postgresql://svc:***@db:5432/events"
+    assert "s3cret" not in repr(settings)

@@ -1,0 +1,132 @@
+"""The ``processed_events`` table: which events each consumer group has finished.
+
+A row (consumer group, event id) means the group finished that event: its handler ran
+to completion, or it was dead-lettered. A redelivered event whose row exists skips its
+handler. Rows are written after the handler, in batches, and the table is trimmed by
+age (:func:`purge`): the retention must exceed how far back Kafka can redeliver an
+event to the group (topic retention, or how far offsets can be reset), or a very late
+redelivery would run its handler again.
+
+Queries follow the measured limits in the project's field notes: one
+``= ANY($1::uuid[])`` lookup per batch, one ``INSERT … SELECT unnest(…) ON CONFLICT
+DO NOTHING`` per batch, UUIDv7 keys so the primary-key index stays append-mostly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+import asyncpg
+
+# Versioned DDL; applied in order by migrate(), each version once.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE processed_events (
+            consumer_group text        NOT NULL,
+            event_id       uuid        NOT NULL,
+            topic          text        NOT NULL,
+            partition      integer     NOT NULL,
+            "offset"       bigint      NOT NULL,
+            outcome        text        NOT NULL CHECK (outcome IN ('handled', 'dead_lettered', 'skipped')),
+            processed_at   timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (consumer_group, event_id)
+        );
+        CREATE INDEX processed_events_processed_at ON processed_events (processed_at);
+        """,
+    ),
+)
+
+_MIGRATION_LOCK = 0x6576_656E_7471  # pg_advisory_xact_lock key ("eventq"): one migrator at a time
+
+
+class Executor(Protocol):
+    """An asyncpg connection or pool."""
+
+    async def execute(self, query: str, *args: Any) -> str: ...
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """One finished event, as recorded."""
+
+    event_id: str
+    topic: str
+    partition: int
+    offset: int
+    outcome: str = "handled"
+
+
+async def migrate(conn: asyncpg.Connection) -> list[int]:
+    """Apply the migrations this database lacks; return their versions.
+
+    Idempotent, and safe when several daemons start at once: a transaction-scoped
+    advisory lock lets one migrate while the others wait and then find nothing to do.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS eventq_schema_migrations ("
+            " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in await conn.fetch("SELECT version FROM eventq_schema_migrations")}
+        applied = []
+        for version, ddl in MIGRATIONS:
+            if version not in done:
+                await conn.execute(ddl)
+                await conn.execute("INSERT INTO eventq_schema_migrations (version) VALUES ($1)", version)
+                applied.append(version)
+        return applied
+
+
+async def already_processed(db: Executor, group: str, event_ids: Sequence[str]) -> set[str]:
+    """The ids among ``event_ids`` that ``group`` has finished (one query per batch)."""
+    if not event_ids:
+        return set()
+    rows = await db.fetch(
+        "SELECT event_id::text FROM processed_events WHERE consumer_group = $1 AND event_id = ANY($2::uuid[])",
+        group,
+        list(event_ids),
+    )
+    return {row[0] for row in rows}
+
+
+async def record(db: Executor, group: str, events: Sequence[Processed]) -> None:
+    """Record finished events in one statement; rows that exist already are kept as they are.
+
+    Pass a connection inside a transaction to make the rows part of that transaction.
+    """
+    if not events:
+        return
+    await db.execute(
+        "INSERT INTO processed_events (consumer_group, event_id, topic, partition, \"offset\", outcome) "
+        "SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::integer[], $5::bigint[], $6::text[]) "
+        "ON CONFLICT (consumer_group, event_id) DO NOTHING",
+        group,
+        [e.event_id for e in events],
+        [e.topic for e in events],
+        [e.partition for e in events],
+        [e.offset for e in events],
+        [e.outcome for e in events],
+    )
+
+
+async def purge(db: Executor, older_than: timedelta, *, group: str | None = None) -> int:
+    """Delete rows recorded more than ``older_than`` ago (of one group, or all); return how many."""
+    if older_than <= timedelta(0):
+        raise ValueError("older_than must be positive")
+    if group is None:
+        status = await db.execute("DELETE FROM processed_events WHERE processed_at < now() - $1::interval", older_than)
+    else:
+        status = await db.execute(
+            "DELETE FROM processed_events WHERE processed_at < now() - $1::interval AND consumer_group = $2",
+            older_than,
+            group,
+        )
+    return int(status.split()[-1])

@@ -1,0 +1,72 @@
+"""The one boundary between eventq and PostgreSQL (asyncpg).
+
+Connections are opened from :class:`DatabaseSettings` here, and connection failures
+are translated into :class:`~eventq.errors.DatabaseUnavailable` with what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from eventq.config import env_float, env_int, env_str
+from eventq.errors import ConfigError, DatabaseUnavailable
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54320/eventq"  # the dev stack's
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseSettings:
+    """Where PostgreSQL is. The URL's password is kept out of ``repr`` and messages."""
+
+    url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
+    min_connections: int = 1
+    max_connections: int = 4
+    connect_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+            raise ConfigError(
+                f"database URL {self.safe_url!r} is not a PostgreSQL URL; set EVENTQ_DATABASE_URL "
+                "to postgresql://user[:password]@host:port/database"
+            )
+        if not 1 <= self.min_connections <= self.max_connections:
+            raise ConfigError(
+                "need 1 <= min_connections <= max_connections (EVENTQ_DB_MIN_CONNECTIONS, EVENTQ_DB_MAX_CONNECTIONS)"
+            )
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password replaced by ``***``: safe to log and show."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return parts._replace(netloc=netloc).geturl()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DatabaseSettings:
+        """Read ``EVENTQ_DATABASE_URL``, ``EVENTQ_DB_MIN_CONNECTIONS``,
+        ``EVENTQ_DB_MAX_CONNECTIONS`` and ``EVENTQ_DB_CONNECT_TIMEOUT_S``."""
+        e = os.environ if env is None else env
+        return cls(
+            url=env_str(e, "EVENTQ_DATABASE_URL", DEFAULT_DATABASE_URL) or DEFAULT_DATABASE_URL,
+            min_connections=env_int(e, "EVENTQ_DB_MIN_CONNECTIONS", 1, minimum=1),
+            max_connections=env_int(e, "EVENTQ_DB_MAX_CONNECTIONS", 4, minimum=1),
+            connect_timeout_s=env_float(e, "EVENTQ_DB_CONNECT_TIMEOUT_S", 5.0),
+        )
+
+
+async def connect(settings: DatabaseSettings) -> asyncpg.Connection:
+    """One connection; raises DatabaseUnavailable (retriable) if PostgreSQL does not answer."""
+    try:
+        return await asyncpg.connect(settings.url, timeout=settings.connect_timeout_s)
+    except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
+        raise DatabaseUnavailable(settings.safe_url, f"{type(exc).__name__}: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        raise DatabaseUnavailable(settings.safe_url, f"{type(exc).__name__}: {exc}", retriable=False) from exc
