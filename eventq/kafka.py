@@ -90,6 +90,7 @@ async def create_topics(
 ) -> list[str]:
     """Create topics that do not exist yet; return the names that were created.
 
+    Returns once the brokers list every new topic, so it can be published to at once.
     Idempotent: existing topics are left as they are (their partition count is not
     changed).
     """
@@ -116,9 +117,21 @@ async def create_topics(
                 # 36 = TOPIC_ALREADY_EXISTS: a concurrent creator won the race; fine.
                 if code not in (0, 36):
                     raise PublishError(name, f"could not create topic (error {code}: {message})")
+            await _until_listed(admin, missing)
         return missing
     finally:
         await admin.close()
+
+
+async def _until_listed(admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float = 10.0) -> None:
+    # The controller answers before every broker's metadata lists the new topic;
+    # returning only once it is listed lets callers publish to it straight away.
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout_s
+    while not set(topics) <= set(await admin.list_topics()):
+        if loop.time() >= give_up:
+            raise PublishError(",".join(topics), f"created, but not listed by the brokers within {timeout_s:.0f}s")
+        await asyncio.sleep(0.1)
 
 
 def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:

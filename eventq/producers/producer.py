@@ -40,6 +40,8 @@ from eventq.schemas.registry import SchemaRegistry
 
 log = structlog.get_logger("eventq.producer")
 
+# How long a topic missing from the metadata is re-checked before TopicNotFound.
+_TOPIC_GRACE_S = 2.0
 # Room for record-batch and request framing on top of one event's bytes.
 _FRAMING_BYTES = 16 * 1024
 
@@ -291,22 +293,34 @@ class Producer:
         # aiokafka would wait the whole delivery timeout for a missing topic; asking
         # for the cluster's metadata once answers "does it exist" right away.
         if aio.client.cluster.partitions_for_topic(topic) is None:
-            try:
-                metadata = await aio.client.fetch_all_metadata()
-            except ke.KafkaError as exc:
-                raise BrokerUnavailable(
-                    topic, f"cannot fetch metadata from {self.settings.kafka.bootstrap_servers}"
-                ) from exc
-            if topic not in metadata.topics():
-                raise TopicNotFound(
-                    topic, "the topic does not exist; create it first (eventq topics create)"
-                )
+            await self._require_topic(aio, topic)
         try:
             await asyncio.wait_for(aio.partitions_for(topic), self.settings.delivery_timeout_s)
         except Exception as exc:
             raise translate(exc, topic=topic, settings=self.settings.kafka) from exc
         self._known_topics.add(topic)
         return aio
+
+    async def _require_topic(self, aio: AIOKafkaProducer, topic: str) -> None:
+        """Raise TopicNotFound unless the cluster's metadata lists ``topic``.
+
+        A topic created a moment ago may be missing from a broker's metadata for a
+        short while, so the answer "missing" is confirmed for up to two seconds.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + min(_TOPIC_GRACE_S, self.settings.delivery_timeout_s)
+        while True:
+            try:
+                metadata = await aio.client.fetch_all_metadata()
+            except ke.KafkaError as exc:
+                raise BrokerUnavailable(
+                    topic, f"cannot fetch metadata from {self.settings.kafka.bootstrap_servers}"
+                ) from exc
+            if topic in metadata.topics():
+                return
+            if loop.time() >= give_up:
+                raise TopicNotFound(topic, "the topic does not exist; create it first (eventq topics create)")
+            await asyncio.sleep(0.2)
 
     @staticmethod
     def _group_by_partition(
