@@ -35,7 +35,7 @@ from eventq.errors import BrokerUnavailable, ConfigError, EventError, EventqErro
 from eventq.kafka import stop_producer, translate
 from eventq.producers.deadlines import AckDeadlines
 from eventq.producers.settings import ProducerSettings
-from eventq.schemas.envelope import EncodedEvent, Event, RecordParts, encode, encode_parts, record_headers
+from eventq.schemas.envelope import Event, RecordParts, encode_parts, record_headers
 from eventq.schemas.registry import SchemaRegistry
 
 log = structlog.get_logger("eventq.producer")
@@ -145,6 +145,10 @@ class Producer:
         self._aio: AIOKafkaProducer | None = None
         self._known_topics: set[str] = set()
         self._acks = AckDeadlines(self.settings.delivery_timeout_s)
+        # publish() calls waiting for the next flush, per topic, and the flushes running
+        self._queued: dict[str, list[tuple[str, RecordParts, asyncio.Future[Outcome]]]] = {}
+        self._flush_scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Producer:
         await self.start()
@@ -193,6 +197,10 @@ class Producer:
         Events still unacknowledged after that are abandoned (their callers already
         got a PublishTimeout or a Failed outcome) and a warning is logged.
         """
+        if self._aio is not None and self._flush_scheduled:
+            self._start_flushes()
+        if self._flushes:  # each ends within the delivery timeout
+            await asyncio.wait(set(self._flushes))
         aio, self._aio = self._aio, None
         if aio is not None:
             flushed = await stop_producer(aio, self.settings.delivery_timeout_s)
@@ -204,27 +212,30 @@ class Producer:
     async def publish(self, event: Event, *, topic: str | None = None) -> Published:
         """Publish one event and wait for the broker's acknowledgement.
 
-        Many concurrent ``publish`` calls are batched together by the client.
         Raises an :class:`~eventq.errors.EventError` before sending anything if the
         event is invalid, or a :class:`~eventq.errors.PublishError` if the broker did
-        not acknowledge it.
+        not acknowledge it. Calls made in the same turn of the event loop are sent
+        together as record batches, in call order (so many concurrent ``publish``
+        calls cost little more than one ``publish_many``). A caller cancelled after
+        the call began may still have its event published.
         """
         name = self._topic(topic)
-        encoded = self._encode(event, self._trace_headers())
-        deadline = self._acks.deadline()
-        aio = await self._ready(name)
-        try:
-            future = await aio.send(
-                name,
-                encoded.value,
-                key=encoded.key,
-                timestamp_ms=encoded.timestamp_ms,
-                headers=encoded.headers,
-            )
-            metadata = await self._acks.wait(future, deadline)
-        except Exception as exc:
-            raise translate(exc, topic=name, settings=self.settings.kafka) from exc
-        return Published(event.id, name, metadata.partition, metadata.offset)
+        self.registry.validate(event.type, event.data)
+        record = encode_parts(
+            event, max_event_bytes=self.settings.max_event_bytes, trace_headers=self._trace_headers()
+        )
+        if self._aio is None:
+            raise RuntimeError("Producer is not started; use 'async with Producer(...)'")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Outcome] = loop.create_future()
+        self._queued.setdefault(name, []).append((event.id, record, waiter))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._start_flushes)
+        outcome = await waiter
+        if isinstance(outcome, Failed):
+            raise outcome.error
+        return outcome
 
     async def publish_many(self, events: Iterable[Event], *, topic: str | None = None) -> PublishReport:
         """Publish a sequence of events with the batch API; report each outcome.
@@ -249,8 +260,32 @@ class Producer:
             except EventError as exc:
                 exc.add_note(f"publish_many: events[{index}] (type {event.type!r}, id {event.id}); nothing was sent")
                 raise
-        report = PublishReport(name, [e.id for e in items])
-        if not items:
+        return await self._send_records(name, [e.id for e in items], records)
+
+    def _start_flushes(self) -> None:
+        self._flush_scheduled = False
+        queued, self._queued = self._queued, {}
+        for topic, items in queued.items():
+            task = asyncio.get_running_loop().create_task(self._flush(topic, items))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, topic: str, items: list[tuple[str, RecordParts, asyncio.Future[Outcome]]]) -> None:
+        """Send the records of queued ``publish`` calls and answer each caller."""
+        try:
+            report = await self._send_records(topic, [i for i, _, _ in items], [r for _, r, _ in items])
+        except Exception as exc:  # the topic check failed: every caller gets the error
+            for _, _, waiter in items:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for (_, _, waiter), outcome in zip(items, report.outcomes, strict=True):
+            if not waiter.done():  # a cancelled caller no longer waits
+                waiter.set_result(outcome)
+
+    async def _send_records(self, name: str, event_ids: list[str], records: list[RecordParts]) -> PublishReport:
+        report = PublishReport(name, event_ids)
+        if not records:
             return report
         deadline = self._acks.deadline()
         aio = await self._ready(name)
@@ -270,10 +305,6 @@ class Producer:
         if not name:
             raise ConfigError("no topic given; pass topic=... or set default_topic (EVENTQ_TOPIC)")
         return name
-
-    def _encode(self, event: Event, trace_headers: Sequence[tuple[str, bytes]]) -> EncodedEvent:
-        self.registry.validate(event.type, event.data)
-        return encode(event, max_event_bytes=self.settings.max_event_bytes, trace_headers=trace_headers)
 
     @staticmethod
     def _trace_headers() -> list[tuple[str, bytes]]:

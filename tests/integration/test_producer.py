@@ -216,3 +216,28 @@ async def test_active_trace_context_travels_in_traceparent_header(
     assert dict(first.headers)["traceparent"] == expected
     assert dict(second.headers)["traceparent"] == expected
     assert "traceparent" not in dict(third.headers)
+
+
+async def test_concurrent_publish_calls_keep_call_order_and_isolate_bad_events(
+    kafka_settings: KafkaSettings, new_topic: TopicFactory, read_topic: Reader
+) -> None:
+    """publish() calls started together are stored per key in call order, and an invalid one fails
+    only its own caller."""
+    topic = await new_topic()
+    events = [ping(n, key=f"k{n % 3}") for n in range(300)]
+    bad = Event(type="demo.order.paid.v1", source="tests", key="k0", data={"order_id": "o"})
+    async with producer_for(kafka_settings, default_topic=topic) as producer:
+        results = await asyncio.gather(
+            *(producer.publish(e) for e in events[:150]),
+            producer.publish(bad),
+            *(producer.publish(e) for e in events[150:]),
+            return_exceptions=True,
+        )
+    assert isinstance(results[150], SchemaViolation)
+    assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 150)
+    records = await read_topic(topic, expected=300)
+    assert len(records) == 300
+    per_key: dict[bytes, list[int]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        per_key[record.key or b""].append(decode(record.key, record.value, record.headers).data["n"])
+    assert all(seq == sorted(seq) and len(seq) == 100 for seq in per_key.values())
