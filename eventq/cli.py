@@ -26,7 +26,7 @@ from eventq.devstack.commands import dev
 from eventq.errors import EventqError
 from eventq.kafka import create_topics
 from eventq.producers import Producer, ProducerSettings
-from eventq.schemas import Event, SchemaRegistry
+from eventq.schemas import Event
 
 T = TypeVar("T")
 
@@ -136,9 +136,10 @@ def publish(
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
+        producer = Producer(settings)
         # Refuse a bad payload before connecting: the answer does not depend on the broker.
-        SchemaRegistry.load(settings.schemas).validate(event.type, event.data)
-        async with Producer(settings) as producer:
+        producer.registry.validate(event.type, event.data)
+        async with producer:
             published = await producer.publish(event, topic=topic)
         click.echo(
             f"published {published.event_id} to {published.topic} "

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from eventq.config import env_float, env_int, env_str
+from eventq.config import env_float, env_str
 from eventq.errors import ConfigError, DatabaseUnavailable
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54320/eventq"  # the dev stack's
@@ -24,8 +24,6 @@ class DatabaseSettings:
     """Where PostgreSQL is. The URL's password is kept out of ``repr`` and messages."""
 
     url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
-    min_connections: int = 1
-    max_connections: int = 4
     connect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -34,10 +32,6 @@ class DatabaseSettings:
             raise ConfigError(
                 f"database URL {self.safe_url!r} is not a PostgreSQL URL; set EVENTQ_DATABASE_URL "
                 "to postgresql://user[:password]@host:port/database"
-            )
-        if not 1 <= self.min_connections <= self.max_connections:
-            raise ConfigError(
-                "need 1 <= min_connections <= max_connections (EVENTQ_DB_MIN_CONNECTIONS, EVENTQ_DB_MAX_CONNECTIONS)"
             )
 
     @property
@@ -51,13 +45,10 @@ class DatabaseSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DatabaseSettings:
-        """Read ``EVENTQ_DATABASE_URL``, ``EVENTQ_DB_MIN_CONNECTIONS``,
-        ``EVENTQ_DB_MAX_CONNECTIONS`` and ``EVENTQ_DB_CONNECT_TIMEOUT_S``."""
+        """Read ``EVENTQ_DATABASE_URL`` and ``EVENTQ_DB_CONNECT_TIMEOUT_S``."""
         e = os.environ if env is None else env
         return cls(
             url=env_str(e, "EVENTQ_DATABASE_URL", DEFAULT_DATABASE_URL) or DEFAULT_DATABASE_URL,
-            min_connections=env_int(e, "EVENTQ_DB_MIN_CONNECTIONS", 1, minimum=1),
-            max_connections=env_int(e, "EVENTQ_DB_MAX_CONNECTIONS", 4, minimum=1),
             connect_timeout_s=env_float(e, "EVENTQ_DB_CONNECT_TIMEOUT_S", 5.0),
         )
 

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from eventq.config import KafkaSettings
-from eventq.devstack import StackSettings
+from eventq.devstack import StackSettings, port_accepts
 from eventq.devstack.kafka import KafkaBroker, ensure_kafka_jars
 from eventq.kafka import create_topics
 
@@ -26,20 +26,11 @@ from eventq.kafka import create_topics
 BOOTSTRAP = os.environ.get("EVENTQ_BOOTSTRAP_SERVERS") or StackSettings.from_env().bootstrap_servers
 
 
-def _reachable(host_port: str) -> bool:
-    host, _, port = host_port.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=2).close()
-    except OSError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="session")
 def kafka_settings() -> KafkaSettings:
     """Settings for the dev stack's broker; fails the test if it is down."""
-    first = BOOTSTRAP.split(",")[0]
-    if not _reachable(first):
+    host, _, port = BOOTSTRAP.split(",")[0].rpartition(":")
+    if not port_accepts(int(port), host, timeout=2):
         pytest.fail(f"Kafka is not reachable at {BOOTSTRAP}: run `eventq dev up` (or `make up`) first")
     return KafkaSettings(bootstrap_servers=BOOTSTRAP, client_id="eventq-tests")
 

@@ -135,13 +135,16 @@ class PublishReport:
 class Producer:
     """Publishes :class:`~eventq.schemas.envelope.Event` objects.
 
-    Use as ``async with Producer(settings) as producer:``; ``stop()`` waits for every
-    event already handed to Kafka to be acknowledged or failed.
+    Use as ``async with Producer(settings) as producer:``; ``stop()`` waits up to
+    ``delivery_timeout_s`` for events already handed to Kafka to be acknowledged, then
+    fails the rest. Construction loads the schemas (ConfigError if a source is bad).
     """
 
     def __init__(self, settings: ProducerSettings | None = None) -> None:
         self.settings = settings or ProducerSettings()
-        self._registry: SchemaRegistry | None = None
+        # Loaded here, not in start(): a bad schema source fails at construction, and
+        # callers (the CLI) can validate an event before any connection is made.
+        self.registry = SchemaRegistry.load(self.settings.schemas)
         self._aio: AIOKafkaProducer | None = None
         self._known_topics: set[str] = set()
         self._acks = AckDeadlines(self.settings.delivery_timeout_s)
@@ -162,17 +165,9 @@ class Producer:
     ) -> None:
         await self.stop()
 
-    @property
-    def registry(self) -> SchemaRegistry:
-        """The schemas events are validated against (available after ``start()``)."""
-        if self._registry is None:
-            raise RuntimeError("Producer is not started; use 'async with Producer(...)'")
-        return self._registry
-
     async def start(self) -> None:
-        """Load schemas and connect; raises BrokerUnavailable if no broker answers."""
+        """Connect; raises BrokerUnavailable if no broker answers."""
         s = self.settings
-        self._registry = SchemaRegistry.load(s.schemas)
         aio = AIOKafkaProducer(
             **s.kafka.client_kwargs(),
             acks="all",
