@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["producer.py"]
+BENCHMARKS = ["producer.py", "consumer.py"]
 
 
 def main() -> int:

@@ -1,13 +1,15 @@
 """eventq: an at-least-once event queue for Python on Apache Kafka.
 
-The producer side is importable from here; configuration of logging, tracing and
+The producer and consumer sides are importable from here; configuration of logging, tracing and
 signals is left to the application (or to the ``eventq`` CLI).
 """
 
 from eventq.config import KafkaSettings
+from eventq.consumers import App, BatchContext, Consumer, ConsumerSettings, Context, Hooks
 from eventq.errors import (
     BrokerUnavailable,
     ConfigError,
+    ConsumerError,
     EventError,
     EventqError,
     EventTooLarge,
@@ -15,6 +17,9 @@ from eventq.errors import (
     MessageTooLarge,
     PublishError,
     PublishTimeout,
+    RegistrationError,
+    Reject,
+    RetryLater,
     SchemaViolation,
     TopicNotFound,
     UnknownEventType,
@@ -25,6 +30,16 @@ from eventq.schemas import Event, SchemaRegistry, caused_by
 __version__ = "0.1.0"
 
 __all__ = [
+    "App",
+    "BatchContext",
+    "Consumer",
+    "ConsumerError",
+    "ConsumerSettings",
+    "Context",
+    "Hooks",
+    "RegistrationError",
+    "Reject",
+    "RetryLater",
     "BrokerUnavailable",
     "ConfigError",
     "Event",

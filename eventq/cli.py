@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import logging
+import signal
 import sys
 from collections.abc import Coroutine
 from datetime import timedelta
@@ -238,6 +240,99 @@ def db_purge(database_url: str, older_than: timedelta, group: str | None) -> Non
 
     age = f"{older_than.days}d" if older_than == timedelta(days=older_than.days) else str(older_than)
     click.echo(f"deleted {run(go())} processed_events rows recorded more than {age} ago")
+
+
+def load_app(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+    """Click callback: import ``module:attribute`` and return the App it names."""
+    from eventq.consumers import App
+
+    module_name, sep, attribute = value.partition(":")
+    if not sep or not module_name or not attribute:
+        raise click.BadParameter(f"{value!r} is not MODULE:ATTRIBUTE, e.g. myservice.handlers:app")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like python -m: modules next to the working directory import
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise click.BadParameter(
+                f"module {module_name!r} not found; run from the directory that contains it or install it"
+            ) from exc
+        raise
+    except EventqError as exc:
+        raise click.BadParameter(f"importing {module_name!r} failed: {exc}") from exc
+    app = getattr(module, attribute, None)
+    if not isinstance(app, App):
+        found = type(app).__name__ if app is not None else "nothing"
+        raise click.BadParameter(f"{value!r} is {found}, not an eventq App; e.g. app = App('billing')")
+    return app
+
+
+@main.command()
+@click.argument("app", metavar="MODULE:APP", callback=load_app)
+@kafka_options
+@database_url_option
+@click.option("--group", envvar="EVENTQ_GROUP", default=None, help="Consumer group (default: the App's name).")
+@click.option("--topic", "topics", multiple=True, help="Topic to consume (repeatable; default: the App's topics).")
+@click.option("--until-idle", is_flag=True, help="Exit 0 once every assigned partition is processed to its end.")
+@click.option("--ordering", type=click.Choice(["partition", "key"]), envvar="EVENTQ_ORDERING", default=None,
+              help="partition: one event at a time per partition; key: keys of a partition concurrently.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), envvar="EVENTQ_MAX_BATCH_SIZE", default=None)
+@click.option("--max-attempts", type=click.IntRange(min=1), envvar="EVENTQ_MAX_ATTEMPTS", default=None)
+@click.option("--health-port", type=click.IntRange(0, 65535), envvar="EVENTQ_HEALTH_PORT", default=None,
+              help="Serve /livez and /readyz on this port (0: any free port).")
+@click.option("--migrate", is_flag=True, help="Apply database migrations before starting.")
+def consume(
+    app: Any,
+    bootstrap_servers: str,
+    database_url: str,
+    group: str | None,
+    topics: tuple[str, ...],
+    until_idle: bool,
+    ordering: str | None,
+    max_batch_size: int | None,
+    max_attempts: int | None,
+    health_port: int | None,
+    migrate: bool,
+) -> None:
+    """Run a consumer daemon for MODULE:APP until SIGTERM/SIGINT (or --until-idle).
+
+    Other settings come from EVENTQ_* variables (see the README). On SIGTERM or
+    SIGINT it stops fetching, lets in-flight work finish within the grace period,
+    commits, leaves the group and exits 0.
+    """
+    from eventq.consumers import Consumer, ConsumerSettings
+
+    try:
+        base = ConsumerSettings.from_env()
+        overrides: dict[str, Any] = {
+            "kafka": dataclasses.replace(base.kafka, bootstrap_servers=bootstrap_servers),
+            "database": dataclasses.replace(base.database, url=database_url),
+        }
+        for name, value in (("group_id", group), ("ordering", ordering), ("max_batch_size", max_batch_size),
+                            ("max_attempts", max_attempts), ("health_port", health_port)):
+            if value is not None:
+                overrides[name] = value
+        if topics:
+            overrides["topics"] = topics
+        settings = dataclasses.replace(base, **overrides)
+        daemon = Consumer(app, settings)
+    except EventqError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def go() -> None:
+        if migrate:
+            conn = await connect(settings.database)
+            try:
+                await store.migrate(conn)
+            finally:
+                await conn.close()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, daemon.stop)
+        await daemon.run(until_idle=until_idle)
+
+    run(go())
 
 
 @main.command()

@@ -61,3 +61,22 @@ async def connect(settings: DatabaseSettings) -> asyncpg.Connection:
         raise DatabaseUnavailable(settings.safe_url, f"{type(exc).__name__}: {exc}") from exc
     except asyncpg.PostgresError as exc:
         raise DatabaseUnavailable(settings.safe_url, f"{type(exc).__name__}: {exc}", retriable=False) from exc
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True if ``exc`` means PostgreSQL is unreachable or the connection broke (worth waiting for)."""
+    if isinstance(exc, DatabaseUnavailable):
+        return exc.retriable
+    return isinstance(
+        exc,
+        (
+            asyncpg.PostgresConnectionError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.ConnectionDoesNotExistError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.AdminShutdownError,
+            asyncpg.exceptions.CrashShutdownError,
+            ConnectionError,
+            TimeoutError,
+        ),
+    )

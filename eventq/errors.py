@@ -4,6 +4,7 @@
 
     EventqError                      base; ``retriable`` says whether trying again can help
     ├── ConfigError                  invalid settings (names the field and what to do)
+    │   └── RegistrationError        a handler registered wrongly (raised at import time)
     ├── EventError                   an event that cannot be sent or understood
     │   ├── InvalidEvent             a record that is not a valid eventq/CloudEvents envelope
     │   ├── SchemaViolation          a payload that fails its event type's JSON Schema
@@ -15,7 +16,14 @@
     │   ├── TopicNotFound            the topic does not exist (auto-create is off)
     │   └── MessageTooLarge          the broker refused the record's size
     ├── DatabaseUnavailable          PostgreSQL did not answer or refused the connection
+    ├── ConsumerError                a consumer daemon cannot start (broker, topics, tables)
+    ├── HandlerOutcome               raised by a handler to steer its event
+    │   ├── RetryLater               try again after ``delay_s`` (counts as an attempt)
+    │   └── Reject                   dead-letter now, no more attempts
     └── DevStackError                the local Kafka/PostgreSQL stack could not be run
+
+Any other exception a handler raises is a transient failure: retried with back-off up
+to the attempt limit, then dead-lettered.
 
 aiokafka exceptions are translated into this tree in one place
 (:mod:`eventq.kafka`), asyncpg's in another (:mod:`eventq.database`), always
@@ -33,6 +41,10 @@ class EventqError(Exception):
 
 class ConfigError(EventqError, ValueError):
     """A setting is missing or invalid; the message names it and says how to fix it."""
+
+
+class RegistrationError(ConfigError):
+    """A handler was registered wrongly: not ``async def``, a duplicate type, an unknown option."""
 
 
 class EventError(EventqError):
@@ -119,6 +131,43 @@ class DatabaseUnavailable(EventqError):
             f"cannot use the database at {url}: {reason}; start it (eventq dev up) or fix EVENTQ_DATABASE_URL"
         )
         self.retriable = retriable
+
+
+class ConsumerError(EventqError):
+    """A consumer daemon cannot start or run; the message says what to fix."""
+
+    def __init__(self, reason: str, *, retriable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retriable = retriable
+
+
+class HandlerOutcome(EventqError):
+    """Base of the exceptions a handler raises on purpose to steer its event."""
+
+
+class RetryLater(HandlerOutcome):
+    """Try this event again after ``delay_s`` seconds; the attempt still counts.
+
+    Other partitions (and, with ``ordering="key"``, other keys) keep going meanwhile.
+    """
+
+    retriable = True
+
+    def __init__(self, delay_s: float, reason: str = "handler asked to retry later") -> None:
+        if delay_s < 0:
+            raise ValueError("delay_s must be 0 or more")
+        super().__init__(reason)
+        self.delay_s = delay_s
+        self.reason = reason
+
+
+class Reject(HandlerOutcome):
+    """Dead-letter this event now: no further attempt can succeed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class DevStackError(EventqError):

@@ -1,6 +1,16 @@
 """Consumer side: handle first, record second, commit last.
 
-So far only :mod:`eventq.consumers.store` (the ``processed_events`` table) exists;
-the daemon that uses it is the batch consumer issue. The package exists so the
-layout reads like the architecture: producers → Kafka → consumers → processed_events.
+The folder reads like the pipeline: :mod:`~eventq.consumers.app` (handlers by event
+type) → :mod:`~eventq.consumers.daemon` (fetch, dispatch per partition, commit) →
+:mod:`~eventq.consumers.processor` (run handlers, retries) →
+:mod:`~eventq.consumers.deadletter` (failed records) → :mod:`~eventq.consumers.store`
+(``processed_events``). :mod:`~eventq.consumers.health` serves liveness/readiness.
 """
+
+from eventq.consumers.app import App, Handler
+from eventq.consumers.context import BatchContext, Context
+from eventq.consumers.daemon import Consumer
+from eventq.consumers.hooks import Hooks
+from eventq.consumers.settings import ConsumerSettings
+
+__all__ = ["App", "BatchContext", "Consumer", "ConsumerSettings", "Context", "Handler", "Hooks"]

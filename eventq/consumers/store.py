@@ -117,6 +117,26 @@ async def record(db: Executor, group: str, events: Sequence[Processed]) -> None:
     )
 
 
+async def claim(conn: Executor, group: str, event: Processed) -> bool:
+    """Insert one row unless it exists; True if this call inserted it.
+
+    Used first thing inside a transactional handler's transaction: a concurrent
+    claimant of the same event waits on the row lock and then gets False, so the
+    transaction's side effects happen once however many consumers see the event.
+    """
+    rows = await conn.fetch(
+        "INSERT INTO processed_events (consumer_group, event_id, topic, partition, \"offset\", outcome) "
+        "VALUES ($1, $2::uuid, $3, $4, $5, $6) ON CONFLICT (consumer_group, event_id) DO NOTHING RETURNING 1",
+        group,
+        event.event_id,
+        event.topic,
+        event.partition,
+        event.offset,
+        event.outcome,
+    )
+    return bool(rows)
+
+
 async def purge(db: Executor, older_than: timedelta, *, group: str | None = None) -> int:
     """Delete rows recorded more than ``older_than`` ago (of one group, or all); return how many."""
     if older_than <= timedelta(0):

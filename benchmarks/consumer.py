@@ -1,0 +1,324 @@
+"""Consumer throughput: the eventq daemon against a raw aiokafka loop and a naive consumer, same run.
+
+One topic with 6 partitions is filled once with N ``demo.order.created.v1`` events
+(keys spread over 5,000 customers; ~95-byte JSON payloads plus ~210 bytes of
+CloudEvents headers). Each scenario then reads it
+from the start with a fresh consumer group, in its own subprocess so that its peak
+RSS is its own:
+
+- **raw aiokafka**: ``getmany(max_records=500)`` and ``commit()`` per batch, nothing
+  else. The ceiling for any aiokafka-based consumer.
+- **naive**: what a hand-written at-least-once consumer does: per record, decode the
+  envelope, INSERT its ``processed_events`` row (autocommit, one statement) and commit
+  its offset. Only the first min(N, 3,000) events: it is slow.
+- **eventq** (ordering=partition, the default) and **eventq key** (ordering=key):
+  ``Consumer.run(until_idle=True)`` with a no-op handler and default settings, so the
+  figures include decoding, schema validation, the dedupe query, recording the rows
+  and committing. Afterwards the group must have exactly N rows in processed_events.
+
+Two rates are reported for every scenario. *wall* runs from creating the client to
+its return (group join, and for eventq the idle check and shutdown, included);
+*steady* from the first record's arrival to the last one's (eventq: first to last
+handler call; naive: per record, before decoding; raw: first batch received to last
+batch committed), which is what a long-running daemon sees. Peak RSS is the child's
+own (VmHWM). One unmeasured raw pass warms the broker; then the scenarios take turns,
+round after round, and the median of ``--repeat`` rounds is reported. The database
+is a fresh one on the dev server (dropped at the end), or EVENTQ_DATABASE_URL if set
+(only this run's rows are deleted from it).
+
+    python benchmarks/consumer.py [--events 100000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import asyncpg  # noqa: E402
+import structlog  # noqa: E402
+from aiokafka import AIOKafkaConsumer  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
+
+from eventq.config import KafkaSettings  # noqa: E402
+from eventq.consumers import App, Consumer, ConsumerSettings  # noqa: E402
+from eventq.consumers.store import migrate  # noqa: E402
+from eventq.database import DEFAULT_DATABASE_URL, DatabaseSettings  # noqa: E402
+from eventq.kafka import create_topics  # noqa: E402
+from eventq.producers import Producer, ProducerSettings  # noqa: E402
+from eventq.schemas import Event  # noqa: E402
+from eventq.schemas.envelope import decode  # noqa: E402
+
+PARTITIONS = 6
+CUSTOMERS = 5_000
+CHUNK = 10_000  # events per publish_many call while filling the topic
+NAIVE_MAX = 3_000
+SCENARIOS = {"raw": "raw aiokafka", "naive": "naive consumer", "eventq": "eventq", "eventq-key": "eventq ordering=key"}
+GOAL_RATE = 50_000
+GOAL_RATIO = 0.4
+INSERT = (
+    'INSERT INTO processed_events (consumer_group, event_id, topic, partition, "offset", outcome) '
+    "VALUES ($1, $2::uuid, $3, $4, $5, 'handled')"
+)
+
+
+def order(n: int) -> Event:
+    customer = f"customer-{n % CUSTOMERS}"
+    data = {"order_id": f"order-{n}", "customer_id": customer, "amount_cents": 1000 + n, "currency": "EUR"}
+    return Event(type="demo.order.created.v1", source="bench", key=customer, data=data)
+
+
+# -- child: one scenario, one fresh group; prints one JSON line -----------------------------
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. Linux's ru_maxrss keeps the parent's peak across fork/exec; VmHWM does not."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Clock:
+    """perf_counter at the start, at the first and at the latest tick; ticks counted."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first = self.last = 0.0
+        self.count = 0
+
+    def tick(self) -> None:
+        self.count += 1
+        self.last = time.perf_counter()
+        if not self.first:
+            self.first = self.last
+
+
+def raw_consumer(args: argparse.Namespace, group: str) -> AIOKafkaConsumer:
+    kafka = KafkaSettings(bootstrap_servers=args.bootstrap_servers, client_id="eventq-bench")
+    return AIOKafkaConsumer(
+        args.topic, **kafka.client_kwargs(), group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+
+
+async def run_raw(args: argparse.Namespace, group: str, clock: Clock) -> int:
+    consumer = raw_consumer(args, group)
+    await consumer.start()
+    try:
+        n = 0
+        while n < args.events:
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            if batches:
+                clock.tick()
+                n += sum(len(records) for records in batches.values())
+                await consumer.commit()
+        clock.tick()  # the last batch committed
+        return n
+    finally:
+        await consumer.stop()
+
+
+async def run_naive(args: argparse.Namespace, group: str, clock: Clock) -> int:
+    conn = await asyncpg.connect(args.database_url)
+    consumer = raw_consumer(args, group)
+    await consumer.start()
+    try:
+        n = 0
+        while n < args.events:
+            for tp, records in (await consumer.getmany(timeout_ms=500, max_records=500)).items():
+                for r in records[: args.events - n]:
+                    clock.tick()
+                    event = decode(r.key, r.value, r.headers)
+                    await conn.execute(INSERT, group, event.id, r.topic, r.partition, r.offset)
+                    await consumer.commit({tp: r.offset + 1})
+                    n += 1
+        return n
+    finally:
+        await consumer.stop()
+        await conn.close()
+
+
+async def run_eventq(args: argparse.Namespace, group: str, clock: Clock) -> int:
+    app = App(group, topics=[args.topic])
+
+    @app.handler("demo.order.created.v1")
+    async def handle(event: Event, ctx: object) -> None:
+        clock.tick()
+
+    settings = ConsumerSettings(
+        kafka=KafkaSettings(bootstrap_servers=args.bootstrap_servers, client_id="eventq-bench"),
+        database=DatabaseSettings(url=args.database_url),
+        group_id=group,
+        topics=(args.topic,),
+        ordering="key" if args.scenario == "eventq-key" else "partition",
+        backoff_jitter=0.0,
+    )
+    await Consumer(app, settings).run(until_idle=True)
+    return clock.count
+
+
+async def child(args: argparse.Namespace) -> int:
+    group = f"{args.topic}-{args.scenario}-{uuid.uuid4().hex[:6]}"
+    run = {"raw": run_raw, "naive": run_naive}.get(args.scenario, run_eventq)
+    clock = Clock()
+    n = await run(args, group, clock)
+    ended = time.perf_counter()
+    rows = None
+    if args.scenario != "raw":
+        conn = await asyncpg.connect(args.database_url)
+        rows = await conn.fetchval("SELECT count(*) FROM processed_events WHERE consumer_group = $1", group)
+        await conn.close()
+    result = {
+        "events": n,
+        "rows": rows,
+        "wall": n / (ended - clock.start),
+        "steady": n / (clock.last - clock.first) if clock.last > clock.first else float("nan"),
+        "to_first_s": clock.first - clock.start,
+        "rss_mib": peak_rss_mib(),
+    }
+    print(json.dumps(result), flush=True)
+    if n != args.events or rows not in (None, n):
+        print(f"{args.scenario}: consumed {n} of {args.events} events, {rows} rows recorded", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- parent: topic, database, rounds of subprocesses, report ----------------------------------
+
+
+async def fill_topic(kafka: KafkaSettings, topic: str, events: int) -> None:
+    await create_topics(kafka, [topic, f"{topic}.dlt"], partitions=PARTITIONS)  # the daemon's DLT, made up front
+    async with Producer(ProducerSettings(kafka=kafka, default_topic=topic)) as producer:
+        for i in range(0, events, CHUNK):
+            (await producer.publish_many([order(n) for n in range(i, min(events, i + CHUNK))])).raise_for_failures()
+
+
+async def delete_topics(kafka: KafkaSettings, topics: list[str]) -> None:
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await admin.start()
+    try:
+        await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+
+
+async def create_database(server_url: str) -> tuple[str, str]:
+    name = f"eventq_bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name, urlsplit(server_url)._replace(path=f"/{name}").geturl()
+
+
+async def sql(url: str, statement: str | None, *params: object) -> None:
+    """Run one statement on ``url``; None migrates it."""
+    conn = await asyncpg.connect(url)
+    try:
+        await (migrate(conn) if statement is None else conn.execute(statement, *params))
+    finally:
+        await conn.close()
+
+
+def run_scenario(args: argparse.Namespace, scenario: str, topic: str, database_url: str) -> dict[str, Any]:
+    events = min(args.events, NAIVE_MAX) if scenario == "naive" else args.events
+    command = [
+        sys.executable, __file__, "--scenario", scenario, "--topic", topic, "--events", str(events),
+        "--database-url", database_url, "--bootstrap-servers", args.bootstrap_servers,
+    ]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=1800)
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"scenario {scenario} failed (exit {done.returncode}) without a result")
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["failed"] = done.returncode != 0
+    return result
+
+
+def report(results: dict[str, list[dict[str, Any]]]) -> int:
+    median = {s: {k: statistics.median(r[k] for r in rs) for k in ("wall", "steady", "to_first_s")}
+              for s, rs in results.items()}
+    print(f"  {'scenario':<22} {'events':>8} {'wall ev/s':>10} {'steady ev/s':>12} {'to 1st s':>9} {'peak RSS':>9}")
+    for scenario, rs in results.items():
+        m = median[scenario]
+        print(f"  {SCENARIOS[scenario]:<22} {int(rs[0]['events']):>8,} {m['wall']:>10,.0f} {m['steady']:>12,.0f} "
+              f"{m['to_first_s']:>9.2f} {max(r['rss_mib'] for r in rs):>5.0f} MiB")
+        walls, steadies = (", ".join(f"{r[k]:,.0f}" for r in rs) for k in ("wall", "steady"))
+        print(f"  {'':<22} rounds wall: {walls}; steady: {steadies}")
+    print("ratios (wall / steady):")
+    for scenario in ("eventq", "eventq-key"):
+        for base in ("raw", "naive"):
+            w, s = (median[scenario][k] / median[base][k] for k in ("wall", "steady"))
+            print(f"  {SCENARIOS[scenario]:<20} / {SCENARIOS[base]:<15} {w:>6.2f}x / {s:>6.2f}x")
+    print(f"goals (issue): >= {GOAL_RATE:,} events/s with {PARTITIONS} partitions, >= {GOAL_RATIO}x the raw loop")
+    for scenario in ("eventq", "eventq-key"):
+        for kind in ("wall", "steady"):
+            rate, ratio = median[scenario][kind], median[scenario][kind] / median["raw"][kind]
+            print(f"  {SCENARIOS[scenario]:<20} {kind:<6} {rate:>8,.0f} events/s: "
+                  f"{'met' if rate >= GOAL_RATE else 'not met'}; {ratio:.2f}x raw: "
+                  f"{'met' if ratio >= GOAL_RATIO else 'not met'}")
+    failed = [s for s, rs in results.items() if any(r["failed"] for r in rs)]
+    if failed:
+        print(f"FAILED (events consumed or processed_events rows != events): {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+def parent(args: argparse.Namespace) -> int:
+    kafka = KafkaSettings(bootstrap_servers=args.bootstrap_servers, client_id="eventq-bench")
+    topic = f"bench.consumer.{uuid.uuid4().hex[:10]}"
+    given_url = os.environ.get("EVENTQ_DATABASE_URL")
+    server_url = given_url or DEFAULT_DATABASE_URL
+    name, database_url = (None, given_url) if given_url else asyncio.run(create_database(server_url))
+    try:
+        asyncio.run(sql(database_url, None))
+        asyncio.run(fill_topic(kafka, topic, args.events))
+        print(f"consumer benchmark: {args.events:,} events on {PARTITIONS} partitions "
+              f"(naive: first {min(args.events, NAIVE_MAX):,}), median of {args.repeat}", flush=True)
+        run_scenario(args, "raw", topic, database_url)  # warm-up, unmeasured
+        results: dict[str, list[dict[str, Any]]] = {s: [] for s in SCENARIOS}
+        for _ in range(args.repeat):
+            for scenario in SCENARIOS:
+                results[scenario].append(run_scenario(args, scenario, topic, database_url))
+        return report(results)
+    finally:
+        asyncio.run(delete_topics(kafka, [topic, f"{topic}.dlt"]))
+        if name is None:  # a given database: remove only this run's rows
+            asyncio.run(sql(database_url, "DELETE FROM processed_events WHERE consumer_group LIKE $1", f"{topic}-%"))
+        else:
+            asyncio.run(sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--repeat", "--repeats", type=int, default=3)
+    parser.add_argument("--bootstrap-servers", default=os.environ.get("EVENTQ_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    parser.add_argument("--scenario", choices=list(SCENARIOS), help=argparse.SUPPRESS)  # child process only
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.basicConfig(level=logging.ERROR)  # aiokafka's chatter while groups join and topics elect leaders
+    if args.scenario:
+        return asyncio.run(child(args))
+    return parent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

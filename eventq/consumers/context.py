@@ -1,0 +1,99 @@
+"""What a handler gets besides its event(s).
+
+``ctx.publish`` sends follow-up events: created inside a handler, an
+:class:`~eventq.schemas.envelope.Event` already carries the handled event's
+correlation id and, as causation id, the handled event's id (the daemon runs every
+handler inside :func:`~eventq.schemas.correlation.caused_by`).
+
+``ctx.db`` is a PostgreSQL connection: for a ``transactional=True`` handler it is
+inside the transaction that also records the event, so its writes happen exactly
+once; for other handlers it is the daemon's connection pool (``await
+ctx.db.execute(...)``), and writes through it must be idempotent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from eventq.producers.producer import Producer, Published
+from eventq.schemas.envelope import Event
+
+
+class _Base:
+    __slots__ = ("topic", "partition", "group", "handler", "attempt", "db", "_producer", "_log")
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        partition: int,
+        group: str,
+        handler: str,
+        attempt: int,
+        db: Any,
+        producer: Producer,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.group = group
+        self.handler = handler
+        self.attempt = attempt  # 1 on the first try
+        self.db = db
+        self._producer = producer
+        self._log: Any = None
+
+    async def publish(self, event: Event, *, topic: str | None = None) -> Published:
+        """Publish a follow-up event and wait for the broker's acknowledgement.
+
+        Raises like :meth:`Producer.publish`; an exception left to escape makes this
+        attempt fail (and the event is retried, so publish idempotent follow-ups: a
+        retried handler publishes again, consumers skip the copy by its event id only
+        if the id is the same — derive it from the handled event when that matters).
+        """
+        return await self._producer.publish(event, topic=topic)
+
+    def _bind(self, **extra: Any) -> Any:
+        return structlog.get_logger("eventq.handler").bind(
+            topic=self.topic, partition=self.partition, consumer_group=self.group, handler=self.handler,
+            attempt=self.attempt, **extra,
+        )
+
+
+class Context(_Base):
+    """The context of one event: where it came from, a bound logger, a producer, a database."""
+
+    __slots__ = ("event", "offset")
+
+    def __init__(self, event: Event, offset: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.event = event
+        self.offset = offset
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to the event (id, type, correlation id, topic, partition, offset)."""
+        if self._log is None:
+            self._log = self._bind(
+                event_id=self.event.id, event_type=self.event.type, correlation_id=self.event.correlation_id,
+                offset=self.offset,
+            )
+        return self._log
+
+
+class BatchContext(_Base):
+    """The context of a batch handler's call: its events share topic, partition and type set."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: list[Event], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.events = events
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to the batch (topic, partition, size)."""
+        if self._log is None:
+            self._log = self._bind(batch_size=len(self.events))
+        return self._log

@@ -1,0 +1,457 @@
+"""The consumer daemon: fetch a batch, handle, record, commit — and keep going.
+
+Guarantees (each proven by a test against the real broker and database):
+
+- **Handle first, record second, commit last.** A partition's offset is committed
+  only after every record before it has its ``processed_events`` row written or its
+  dead letter acknowledged by the broker. A crash at any point loses nothing: the
+  records after the last commit are delivered again.
+- **Redelivered events skip their handler.** One query per fetched batch finds the
+  events the group already finished.
+- **Partitions are independent.** Each partition's slice of a batch runs as its own
+  task; a slow or retrying partition is not fetched again until its slice is done,
+  while the others keep being fetched and processed.
+- **Nothing is skipped.** A slice that fails unexpectedly rewinds its partition to the
+  slice's first offset; a dead letter that cannot be published is retried until it
+  is (the partition waits; its offset does not move past it).
+- **Outages pause, not crash.** While PostgreSQL or Kafka is unreachable the daemon
+  waits with back-off, logs once when the state changes, and resumes.
+- **Stop and revocation commit.** ``stop()`` stops fetching, lets in-flight slices
+  finish within ``shutdown_grace_s`` (abandoning the rest uncommitted), commits and
+  leaves the group; revoked partitions get the same treatment before the rebalance
+  completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import errors as ke
+
+from eventq.consumers import store
+from eventq.consumers.app import App
+from eventq.consumers.deadletter import DeadLetterSink
+from eventq.consumers.health import HealthServer, Status, with_database
+from eventq.consumers.hooks import Hooks
+from eventq.consumers.processor import Item, Processor, SliceResult, decode_items
+from eventq.consumers.settings import ConsumerSettings
+from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
+from eventq.kafka import create_topics
+from eventq.producers.producer import Producer
+from eventq.producers.settings import ProducerSettings
+from eventq.schemas.registry import SchemaRegistry
+
+log = structlog.get_logger("eventq.consumer")
+
+_ALL_BUSY_WAIT_S = 1.0  # all partitions busy this long → pause them and poll, to stay in the group
+
+
+class Consumer:
+    """A consumer daemon for one :class:`App` (one consumer group).
+
+    ``await consumer.run()`` starts it and returns after :meth:`stop` (or, with
+    ``until_idle=True``, once every assigned partition is processed up to its end).
+    Startup problems raise :class:`~eventq.errors.ConsumerError`,
+    :class:`~eventq.errors.DatabaseUnavailable` or :class:`~eventq.errors.ConfigError`.
+    """
+
+    def __init__(self, app: App, settings: ConsumerSettings | None = None, *, hooks: Hooks | None = None) -> None:
+        self.app = app
+        self.settings = settings = settings or ConsumerSettings()
+        self.group = settings.group_id or app.name
+        self.topics = settings.topics or app.topics
+        if not self.topics:
+            raise ConfigError(
+                f"no topics to consume for app {app.name!r}; pass App(..., topics=[...]) or set EVENTQ_TOPICS"
+            )
+        if not app.handlers:
+            raise ConfigError(f"app {app.name!r} has no handlers; register one with @app.handler('type.v1')")
+        self.registry = SchemaRegistry.load(app.schemas + settings.schemas)
+        self.hooks = hooks or Hooks()
+        self.status = Status()
+        self.health: HealthServer | None = None
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._pool: Any = None
+        self._sink = DeadLetterSink(settings.kafka, timeout_s=settings.dead_letter_timeout_s)
+        self._producer = Producer(ProducerSettings(kafka=settings.kafka, schemas=app.schemas + settings.schemas))
+        self._processor: Processor | None = None
+        self._slices: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._paused: set[TopicPartition] = set()
+        self._slice_done = asyncio.Event()
+        self._to_commit: dict[TopicPartition, int] = {}
+        self._commit_wanted = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._committer: asyncio.Task[None] | None = None
+        self._rows: list[store.Processed] = []
+        self._row_waiters: list[asyncio.Future[None]] = []
+        self._recorder: asyncio.Task[None] | None = None
+        self._dead_letter_topics: dict[str, str] = {}
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the daemon to stop (safe from a signal handler); :meth:`run` then returns."""
+        self._stopping.set()
+
+    async def run(self, *, until_idle: bool = False) -> None:
+        """Start, process until stopped (or idle), then shut down cleanly."""
+        await self._start()
+        try:
+            await self._fetch_loop(until_idle=until_idle)
+        finally:
+            await self._shutdown()
+
+    async def __aenter__(self) -> Consumer:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def _start(self) -> None:
+        s = self.settings
+        db = s.database
+        try:
+            self._pool = await asyncpg.create_pool(
+                db.url, min_size=2, max_size=s.pool_size, timeout=db.connect_timeout_s
+            )
+        except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
+            raise DatabaseUnavailable(db.safe_url, f"{type(exc).__name__}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise DatabaseUnavailable(db.safe_url, f"{type(exc).__name__}: {exc}", retriable=False) from exc
+        try:
+            if await self._pool.fetchval("SELECT to_regclass('processed_events')") is None:
+                raise ConsumerError(
+                    f"the database at {db.safe_url} has no processed_events table; run 'eventq db migrate' "
+                    "(or eventq consume --migrate)"
+                )
+            await self._start_kafka()
+        except BaseException:
+            await self._close_clients()
+            raise
+        self._processor = Processor(
+            app=self.app, settings=s, group=self.group, producer=self._producer, pool=self._pool, status=self.status
+        )
+        self._committer = asyncio.create_task(self._commit_loop(), name="eventq-committer")
+        if s.health_port is not None:
+            self.health = HealthServer(self.status, s.health_host, s.health_port)
+            await self.health.start()
+        log.info(
+            "consumer.started", group=self.group, topics=list(self.topics), ordering=s.ordering,
+            max_batch_size=s.max_batch_size, handlers=sorted(self.app.handlers),
+        )
+
+    async def _start_kafka(self) -> None:
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            **s.kafka.client_kwargs(),
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset=s.auto_offset_reset,
+            max_poll_records=s.max_batch_size,
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=max(100, int(s.session_timeout_s * 1000 / 3)),
+            max_poll_interval_ms=int(s.max_poll_interval_s * 1000),
+            fetch_max_wait_ms=min(500, int(s.max_batch_timeout_s * 1000)),
+        )
+        try:
+            await consumer.start()
+            existing = await consumer.topics()
+        except Exception as exc:
+            await consumer.stop()
+            raise ConsumerError(
+                f"cannot reach a Kafka broker at {s.kafka.bootstrap_servers} ({type(exc).__name__}: {exc}); "
+                "start it (eventq dev up) or fix EVENTQ_BOOTSTRAP_SERVERS",
+                retriable=True,
+            ) from exc
+        self._consumer = consumer
+        missing = [t for t in self.topics if t not in existing]
+        if missing:
+            raise ConsumerError(
+                f"topic(s) {', '.join(missing)} do not exist; create them (eventq topics create "
+                f"{' '.join(missing)})"
+            )
+        self._dead_letter_topics = {t: s.dead_letter_topic_for(t) for t in self.topics}
+        missing_dlt = sorted(set(self._dead_letter_topics.values()) - existing)
+        if missing_dlt and not s.create_dead_letter_topics:
+            raise ConsumerError(
+                f"dead-letter topic(s) {', '.join(missing_dlt)} do not exist; create them (eventq topics create "
+                f"{' '.join(missing_dlt)}) or allow EVENTQ_CREATE_DEAD_LETTER_TOPICS"
+            )
+        for dlt in missing_dlt:
+            sources = [t for t, d in self._dead_letter_topics.items() if d == dlt]
+            partitions = max(len(consumer.partitions_for_topic(t) or ()) for t in sources) or 1
+            try:
+                await create_topics(s.kafka, [dlt], partitions=partitions)
+            except EventqError as exc:
+                raise ConsumerError(f"cannot create dead-letter topic {dlt!r}: {exc}") from exc
+            log.info("consumer.dead_letter_topic_created", topic=dlt, partitions=partitions)
+        await self._sink.start()
+        await self._producer.start()
+        consumer.subscribe(list(self.topics), listener=_Rebalance(self))
+
+    async def _shutdown(self) -> None:
+        running = list(self._slices.values())
+        if running:
+            log.info("consumer.draining", slices=len(running), grace_s=self.settings.shutdown_grace_s)
+            await self._finish(running)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(max(5.0, self.settings.shutdown_grace_s)):
+                await self._commit_now()
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+        await self._close_clients()
+        log.info("consumer.stopped", group=self.group)
+
+    async def _close_clients(self) -> None:
+        if self.health is not None:
+            await self.health.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()  # leaves the group: partitions move at once
+            self._consumer = None
+        await self._producer.stop()
+        await self._sink.stop()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _finish(self, slices: list[asyncio.Task[None]]) -> None:
+        """Let slices finish within the grace period; cancel (abandon, uncommitted) the rest."""
+        _, late = await asyncio.wait(slices, timeout=self.settings.shutdown_grace_s)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
+            log.warning("consumer.slices_abandoned", slices=len(late))
+
+    # -- fetching ------------------------------------------------------------------
+
+    async def _fetch_loop(self, *, until_idle: bool) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        s = self.settings
+        unassigned_since = asyncio.get_running_loop().time()
+        while not self._stopping.is_set():
+            self.status.beat()
+            assigned = consumer.assignment()
+            self.status.assigned = len(assigned)
+            free = [tp for tp in assigned if tp not in self._slices]
+            if self._slices and not free:
+                await self._all_busy(consumer)
+                continue
+            timeout = s.max_batch_timeout_s if not self._slices else 0.01
+            try:
+                records = await consumer.getmany(
+                    *free, timeout_ms=int(timeout * 1000), max_records=s.max_batch_size
+                )
+            except ke.KafkaError as exc:
+                log.warning("consumer.fetch_failed", error_type=type(exc).__name__, error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
+            if records:
+                self._dispatch(records)
+                continue
+            if until_idle and not self._slices:
+                now = asyncio.get_running_loop().time()
+                if assigned:
+                    unassigned_since = now
+                    if await self._caught_up(consumer, assigned):
+                        log.info("consumer.idle", group=self.group)
+                        return
+                elif now - unassigned_since > 2 * s.session_timeout_s:
+                    log.info("consumer.idle_unassigned", group=self.group)
+                    return
+
+    async def _all_busy(self, consumer: AIOKafkaConsumer) -> None:
+        self._slice_done.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_ALL_BUSY_WAIT_S):
+                await self._slice_done.wait()
+                return
+        # Still all busy (retries, an outage): pause the busy partitions so polling
+        # returns nothing for them, and poll so the group does not evict us.
+        busy = [tp for tp in self._slices if tp not in self._paused]
+        if busy:
+            consumer.pause(*busy)
+            self._paused.update(busy)
+        if set(consumer.assignment()) <= self._paused:
+            with contextlib.suppress(ke.KafkaError):
+                stray = await consumer.getmany(timeout_ms=0)
+                assert not stray, "paused partitions returned records"
+
+    async def _caught_up(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> bool:
+        try:
+            ends = await consumer.end_offsets(list(assigned))
+            for tp in assigned:
+                if await consumer.position(tp) < ends[tp]:
+                    return False
+        except (ke.KafkaError, ke.IllegalStateError):
+            return False
+        return True
+
+    def _dispatch(self, records: Mapping[TopicPartition, list[Any]]) -> None:
+        slices: dict[TopicPartition, list[Item]] = {}
+        ids: list[str] = []
+        for tp, batch in records.items():
+            items = decode_items(batch, self.app, self.registry, self._producer.settings.max_event_bytes)
+            slices[tp] = items
+            ids.extend(item.event.id for item in items if item.event is not None)
+        seen = asyncio.create_task(self._dedupe(ids))
+        for tp, items in slices.items():
+            self._slices[tp] = asyncio.create_task(self._slice(tp, items, seen), name=f"eventq-slice-{tp}")
+        log.debug("consumer.batch_fetched", records=sum(len(v) for v in slices.values()), partitions=len(slices))
+
+    async def _dedupe(self, ids: list[str]) -> set[str]:
+        return await with_database(  # type: ignore[no-any-return]
+            self.status, lambda: store.already_processed(self._pool, self.group, ids)
+        )
+
+    # -- one partition's slice -------------------------------------------------------
+
+    async def _slice(self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[set[str]]) -> None:
+        assert self._processor is not None
+        try:
+            result = await self._processor.run(items, await asyncio.shield(seen))
+            await self.hooks.after_handlers(tp.topic, tp.partition, result)
+            if result.letters:
+                await self._send_dead_letters(result)
+            if result.rows:
+                await self._record(result.rows)
+            await self.hooks.after_record(tp.topic, tp.partition, result)
+            self._to_commit[tp] = items[-1].record.offset + 1
+            self._commit_wanted.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Not committed; rewind so the slice is fetched again instead of skipped.
+            log.error(
+                "consumer.slice_failed", topic=tp.topic, partition=tp.partition, first_offset=items[0].record.offset,
+                error_type=type(exc).__name__, error=str(exc), exc_info=exc,
+            )
+            consumer = self._consumer
+            if consumer is not None and tp in consumer.assignment():
+                consumer.seek(tp, items[0].record.offset)
+            await asyncio.sleep(1.0)
+        finally:
+            del self._slices[tp]
+            if tp in self._paused:
+                self._paused.discard(tp)
+                if self._consumer is not None and tp in self._consumer.assignment():
+                    self._consumer.resume(tp)
+            self._slice_done.set()
+
+    async def _send_dead_letters(self, result: SliceResult) -> None:
+        """Publish the slice's dead letters; retry until the broker acknowledges all."""
+        letters = [(self._dead_letter_topics.get(d.topic) or self.settings.dead_letter_topic_for(d.topic), d)
+                   for d in result.letters]
+        while True:
+            try:
+                await self._sink.send(letters)
+            except EventqError as exc:
+                await self.status.broker_down(exc, "dead_letter")
+                continue
+            self.status.broker_up()
+            return
+
+    async def _record(self, rows: list[store.Processed]) -> None:
+        """Write rows; rows of slices finishing together go in one statement."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rows.extend(rows)
+        self._row_waiters.append(waiter)
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_loop())
+        await waiter
+
+    async def _record_loop(self) -> None:
+        while self._row_waiters:
+            rows, waiters = self._rows, self._row_waiters
+            self._rows, self._row_waiters = [], []
+            try:
+                await with_database(self.status, lambda: store.record(self._pool, self.group, rows))  # noqa: B023
+            except Exception as exc:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                continue
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # -- committing ----------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            await self._commit_now()
+
+    async def _commit_now(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit recorded positions; waits out broker outages; drops partitions no longer ours."""
+        async with self._commit_lock:
+            while True:
+                consumer = self._consumer
+                if consumer is None:
+                    return
+                assigned = consumer.assignment()
+                offsets = {
+                    tp: offset for tp, offset in self._to_commit.items()
+                    if tp in assigned and (only is None or tp in only)
+                }
+                if not offsets:
+                    return
+                await self.hooks.before_commit({(tp.topic, tp.partition): o for tp, o in offsets.items()})
+                try:
+                    await consumer.commit(offsets)
+                except (ke.CommitFailedError, ke.IllegalStateError, ke.RebalanceInProgressError) as exc:
+                    # Partitions moved to another member, which resumes from the last
+                    # committed offset and skips what was recorded.
+                    log.warning("consumer.commit_rejected", error_type=type(exc).__name__, error=str(exc))
+                    for tp in offsets:
+                        if self._to_commit.get(tp) == offsets[tp]:
+                            del self._to_commit[tp]
+                    return
+                except ke.KafkaError as exc:
+                    await self.status.broker_down(exc, "commit")
+                    continue
+                self.status.broker_up()
+                for tp, offset in offsets.items():
+                    if self._to_commit.get(tp) == offset:
+                        del self._to_commit[tp]
+                log.debug("consumer.committed", offsets={f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
+                return
+
+    async def _revoked(self, revoked: set[TopicPartition]) -> None:
+        running = [task for tp, task in self._slices.items() if tp in revoked]
+        if running:
+            await self._finish(running)
+        try:
+            async with asyncio.timeout(self.settings.session_timeout_s):
+                await self._commit_now(only=revoked)
+        except TimeoutError:
+            log.warning("consumer.revoke_commit_timeout", partitions=len(revoked))
+        for tp in revoked:
+            self._to_commit.pop(tp, None)
+            self._paused.discard(tp)
+        log.info("consumer.partitions_revoked", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, daemon: Consumer) -> None:
+        self.daemon = daemon
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.daemon._revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("consumer.partitions_assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))

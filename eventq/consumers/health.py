@@ -1,0 +1,147 @@
+"""Daemon health: what state it is in, logged once per change, served over HTTP.
+
+``GET /livez``  200 while the fetch loop has turned within the last 30 s, else 503.
+``GET /readyz`` 200 when partitions are assigned and neither Kafka nor PostgreSQL is
+known to be failing, else 503. Both answer with a small JSON body saying why.
+
+The server is a few lines on :func:`asyncio.start_server`: two fixed GET routes do
+not justify a web framework dependency (docs/adr/0006-consumer-daemon.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import structlog
+
+from eventq.database import is_outage
+
+log = structlog.get_logger("eventq.consumer")
+
+LIVENESS_WINDOW_S = 30.0
+_OUTAGE_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Status:
+    """Shared health state; transitions are logged once each (not once per retry)."""
+
+    def __init__(self) -> None:
+        self.heartbeat = time.monotonic()
+        self.assigned = 0
+        self.broker_ok = True
+        self.database_ok = True
+        self._db_failures = 0
+        self._broker_failures = 0
+
+    def beat(self) -> None:
+        self.heartbeat = time.monotonic()
+
+    @property
+    def live(self) -> bool:
+        return time.monotonic() - self.heartbeat < LIVENESS_WINDOW_S
+
+    @property
+    def ready(self) -> bool:
+        return self.assigned > 0 and self.broker_ok and self.database_ok
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "live": self.live,
+            "ready": self.ready,
+            "assigned_partitions": self.assigned,
+            "broker_ok": self.broker_ok,
+            "database_ok": self.database_ok,
+        }
+
+    async def database_down(self, exc: BaseException) -> None:
+        """Note a database outage, then wait a back-off step before the caller retries."""
+        if self.database_ok:
+            self.database_ok = False
+            log.warning("database.unavailable", error_type=type(exc).__name__, error=str(exc))
+        self._db_failures += 1
+        await asyncio.sleep(_OUTAGE_BACKOFF[min(self._db_failures, len(_OUTAGE_BACKOFF)) - 1])
+
+    def database_up(self) -> None:
+        if not self.database_ok:
+            self.database_ok = True
+            log.info("database.recovered", after_attempts=self._db_failures)
+        self._db_failures = 0
+
+    async def broker_down(self, exc: BaseException, what: str) -> None:
+        """Note a broker failure (commit or dead-letter publish), then back off."""
+        if self.broker_ok:
+            self.broker_ok = False
+            log.warning("broker.unavailable", operation=what, error_type=type(exc).__name__, error=str(exc))
+        self._broker_failures += 1
+        await asyncio.sleep(_OUTAGE_BACKOFF[min(self._broker_failures, len(_OUTAGE_BACKOFF)) - 1])
+
+    def broker_up(self) -> None:
+        if not self.broker_ok:
+            self.broker_ok = True
+            log.info("broker.recovered", after_attempts=self._broker_failures)
+        self._broker_failures = 0
+
+
+async def with_database(status: Status, operation: Any) -> Any:
+    """Run ``await operation()`` until it succeeds, waiting out database outages.
+
+    Errors that are not outages (a bug, a missing table) propagate at once.
+    """
+    while True:
+        try:
+            result = await operation()
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            await status.database_down(exc)
+            continue
+        status.database_up()
+        return result
+
+
+class HealthServer:
+    """Serves ``/livez`` and ``/readyz`` for one :class:`Status`."""
+
+    def __init__(self, status: Status, host: str, port: int) -> None:
+        self.status = status
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("health.serving", host=self.host, port=self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            parts = request.decode("latin-1").split()
+            path = parts[1] if len(parts) >= 2 else ""
+            state = self.status.as_dict()
+            if path == "/livez":
+                ok = state["live"]
+            elif path == "/readyz":
+                ok = state["ready"]
+            else:
+                ok, state = False, {"error": "not found; use /livez or /readyz"}
+            code = "200 OK" if ok else ("404 Not Found" if "error" in state else "503 Service Unavailable")
+            body = orjson.dumps(state)
+            writer.write(
+                f"HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode() + body
+            )
+            await writer.drain()
+        except (OSError, TimeoutError, UnicodeDecodeError):
+            pass
+        finally:
+            writer.close()

@@ -1,0 +1,329 @@
+"""Running the handlers of one partition's slice of a batch: retries, then dead letters.
+
+Given the records of one partition (in offset order) and the ids the consumer group
+already finished, :meth:`Processor.run` returns what must happen before the slice's
+offsets can be committed: the ``processed_events`` rows to write and the dead letters
+to publish. It guarantees:
+
+- a handler runs only for events not already finished by the group (and once per
+  event id within the slice);
+- with ``ordering="partition"`` events run one after another in offset order; with
+  ``ordering="key"`` events of different keys run concurrently (at most
+  ``max_concurrency`` at a time) while each key's events keep their order;
+- a failing event is retried up to its attempt limit with exponential back-off and
+  jitter (or the delay of :class:`~eventq.errors.RetryLater`) while other partitions
+  go on; :class:`~eventq.errors.Reject` dead-letters at once;
+- every record ends as exactly one of: a row (handled / skipped), a dead letter (plus a
+  row when it has an event id), or already finished. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from eventq.consumers import store
+from eventq.consumers.app import App, Handler
+from eventq.consumers.context import BatchContext, Context
+from eventq.consumers.deadletter import (
+    REASON_EXHAUSTED,
+    REASON_INVALID,
+    REASON_REJECTED,
+    REASON_UNKNOWN_TYPE,
+    DeadLetter,
+    Failure,
+)
+from eventq.consumers.health import Status
+from eventq.consumers.settings import ConsumerSettings
+from eventq.database import is_outage
+from eventq.errors import EventqError, Reject, RetryLater, UnknownEventType
+from eventq.producers.producer import Producer
+from eventq.schemas.correlation import caused_by
+from eventq.schemas.envelope import Event, decode
+
+log = structlog.get_logger("eventq.consumer")
+
+
+class Item:
+    """One fetched record: decoded event (or why it is not one) and its handler."""
+
+    __slots__ = ("record", "event", "invalid", "handler")
+
+    def __init__(self, record: Any, event: Event | None, invalid: EventqError | None, handler: Handler | None):
+        self.record = record
+        self.event = event
+        self.invalid = invalid
+        self.handler = handler
+
+
+@dataclass(slots=True)
+class SliceResult:
+    """What a slice leaves to do before its commit."""
+
+    rows: list[store.Processed] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
+    handled: int = 0
+    duplicates: int = 0
+
+
+def backoff_delay(attempt: int, settings: ConsumerSettings) -> float:
+    """Delay before attempt ``attempt + 1``: initial·2^(attempt-1), capped, ± jitter."""
+    delay: float = min(settings.backoff_max_s, settings.backoff_initial_s * 2.0 ** (attempt - 1))
+    if settings.backoff_jitter:
+        delay *= 1 + settings.backoff_jitter * random.uniform(-1.0, 1.0)
+    return delay
+
+
+class Processor:
+    """Runs handlers for partition slices; shared by every partition of one daemon."""
+
+    def __init__(
+        self,
+        *,
+        app: App,
+        settings: ConsumerSettings,
+        group: str,
+        producer: Producer,
+        pool: Any,
+        status: Status,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.group = group
+        self.producer = producer
+        self.pool = pool
+        self.status = status
+
+    async def run(self, items: Sequence[Item], seen: set[str]) -> SliceResult:
+        """Process one partition's records (offset order); see the module docstring."""
+        result = SliceResult()
+        todo: list[Item] = []
+        in_slice: set[str] = set()
+        for item in items:
+            event = item.event
+            if event is None or item.invalid is not None:
+                self._dead_letter(result, item, Failure.from_exception(REASON_INVALID, item.invalid or EventqError()))
+            elif event.id in seen or event.id in in_slice:
+                result.duplicates += 1
+            else:
+                in_slice.add(event.id)
+                if item.handler is None:
+                    self._unknown(result, item)
+                else:
+                    todo.append(item)
+        if self.settings.ordering == "key":
+            groups: dict[Any, list[Item]] = {}
+            for item in todo:
+                key = item.record.key
+                groups.setdefault(key if key is not None else object(), []).append(item)
+            limit = asyncio.Semaphore(self.settings.max_concurrency)
+
+            async def one_key(chain: list[Item]) -> None:
+                async with limit:
+                    await self._run_in_order(chain, result)
+
+            await asyncio.gather(*(one_key(chain) for chain in groups.values()))
+        else:
+            await self._run_in_order(todo, result)
+        return result
+
+    async def _run_in_order(self, items: list[Item], result: SliceResult) -> None:
+        i = 0
+        while i < len(items):
+            handler = items[i].handler
+            assert handler is not None
+            if handler.batch:
+                j = i + 1
+                while j < len(items) and items[j].handler is handler:
+                    j += 1
+                await self._run_batch(handler, items[i:j], result)
+                i = j
+            else:
+                await self._run_one(handler, items[i], result)
+                i += 1
+
+    async def _run_one(self, handler: Handler, item: Item, result: SliceResult) -> None:
+        event = item.event
+        assert event is not None
+        record = item.record
+        limit = handler.max_attempts or self.settings.max_attempts
+        first_failure: datetime | None = None
+        attempt = 1
+        while True:
+            ctx = Context(
+                event, record.offset, topic=record.topic, partition=record.partition, group=self.group,
+                handler=handler.name, attempt=attempt, db=self.pool, producer=self.producer,
+            )
+            try:
+                with caused_by(event.id, event.correlation_id or event.id):
+                    if handler.transactional:
+                        if not await self._run_transactional(handler, item, ctx):
+                            result.duplicates += 1
+                            return
+                    else:
+                        await handler.func(event, ctx)
+            except asyncio.CancelledError:
+                raise
+            except Reject as exc:
+                self._dead_letter(result, item, self._failure(REASON_REJECTED, exc, handler, attempt, first_failure))
+                return
+            except Exception as exc:
+                if handler.transactional and is_outage(exc):
+                    # The database, not the handler, failed: wait for it without using up attempts.
+                    await self.status.database_down(exc)
+                    continue
+                now = datetime.now(UTC)
+                first_failure = first_failure or now
+                if attempt >= limit:
+                    self._dead_letter(
+                        result, item, self._failure(REASON_EXHAUSTED, exc, handler, attempt, first_failure)
+                    )
+                    return
+                delay = exc.delay_s if isinstance(exc, RetryLater) else backoff_delay(attempt, self.settings)
+                log.warning(
+                    "event.retry_scheduled", event_id=event.id, event_type=event.type, topic=record.topic,
+                    partition=record.partition, offset=record.offset, handler=handler.name, attempt=attempt,
+                    max_attempts=limit, delay_s=round(delay, 3), error_type=type(exc).__name__, error=str(exc),
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            if handler.transactional:
+                self.status.database_up()
+            else:
+                result.rows.append(store.Processed(event.id, record.topic, record.partition, record.offset))
+            result.handled += 1
+            return
+
+    async def _run_transactional(self, handler: Handler, item: Item, ctx: Context) -> bool:
+        """Claim the row and run the handler in one transaction; False if already claimed."""
+        event = item.event
+        assert event is not None
+        record = item.record
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = store.Processed(event.id, record.topic, record.partition, record.offset)
+            if not await store.claim(conn, self.group, row):
+                return False
+            ctx.db = conn
+            await handler.func(event, ctx)
+        return True
+
+    async def _run_batch(self, handler: Handler, items: list[Item], result: SliceResult) -> None:
+        limit = handler.max_attempts or self.settings.max_attempts
+        pending = items
+        first_failure: dict[str, datetime] = {}
+        attempt = 1
+        while pending:
+            events = [item.event for item in pending]
+            head = pending[0].record
+            ctx = BatchContext(
+                events,  # type: ignore[arg-type]
+                topic=head.topic, partition=head.partition, group=self.group, handler=handler.name,
+                attempt=attempt, db=self.pool, producer=self.producer,
+            )
+            try:
+                failures = dict(await handler.func(events, ctx) or {})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures = {item.event.id: exc for item in pending if item.event is not None}
+            retry: list[Item] = []
+            delays: list[float] = []
+            for item in pending:
+                event = item.event
+                assert event is not None
+                error = failures.get(event.id)
+                if error is None:
+                    r = item.record
+                    result.rows.append(store.Processed(event.id, r.topic, r.partition, r.offset))
+                    result.handled += 1
+                    continue
+                first = first_failure.setdefault(event.id, datetime.now(UTC))
+                if isinstance(error, Reject):
+                    self._dead_letter(result, item, self._failure(REASON_REJECTED, error, handler, attempt, first))
+                elif attempt >= limit:
+                    self._dead_letter(result, item, self._failure(REASON_EXHAUSTED, error, handler, attempt, first))
+                else:
+                    retry.append(item)
+                    delays.append(
+                        error.delay_s if isinstance(error, RetryLater) else backoff_delay(attempt, self.settings)
+                    )
+            if retry:
+                delay = max(delays)
+                log.warning(
+                    "batch.retry_scheduled", topic=head.topic, partition=head.partition, handler=handler.name,
+                    attempt=attempt, max_attempts=limit, failed=len(retry), delay_s=round(delay, 3),
+                )
+                await asyncio.sleep(delay)
+            pending = retry
+            attempt += 1
+
+    def _unknown(self, result: SliceResult, item: Item) -> None:
+        event = item.event
+        assert event is not None
+        r = item.record
+        if self.settings.on_unknown_type == "skip":
+            result.rows.append(store.Processed(event.id, r.topic, r.partition, r.offset, "skipped"))
+            log.info("event.unknown_type_skipped", event_id=event.id, event_type=event.type, topic=r.topic,
+                     partition=r.partition, offset=r.offset)
+            return
+        known = sorted(self.app.handlers)
+        error = UnknownEventType(event.type, known)
+        message = f"no handler for event type {event.type!r} in app {self.app.name!r} (handled: {', '.join(known)})"
+        self._dead_letter(
+            result, item,
+            Failure(reason=REASON_UNKNOWN_TYPE, error_type=f"{type(error).__module__}.{type(error).__qualname__}",
+                    message=message),
+        )
+
+    @staticmethod
+    def _failure(
+        reason: str, exc: BaseException, handler: Handler, attempts: int, first: datetime | None
+    ) -> Failure:
+        return Failure.from_exception(reason, exc, handler=handler.name, attempts=attempts, first_failure=first)
+
+    def _dead_letter(self, result: SliceResult, item: Item, failure: Failure) -> None:
+        r = item.record
+        result.letters.append(
+            DeadLetter(
+                topic=r.topic, partition=r.partition, offset=r.offset, timestamp=r.timestamp, key=r.key,
+                value=r.value, headers=list(r.headers or ()), group=self.group, failure=failure,
+            )
+        )
+        event = item.event
+        if event is not None:
+            # The row is written only after the broker acknowledged the dead letter.
+            result.rows.append(store.Processed(event.id, r.topic, r.partition, r.offset, "dead_lettered"))
+        log.error(
+            "event.dead_lettered", topic=r.topic, partition=r.partition, offset=r.offset,
+            event_id=event.id if event is not None else None, event_type=event.type if event is not None else None,
+            reason=failure.reason, error_type=failure.error_type, error=failure.message, attempts=failure.attempts,
+        )
+
+
+def decode_items(
+    records: Iterable[Any], app: App, registry: Any, max_event_bytes: int
+) -> list[Item]:
+    """Decode and validate fetched records; an invalid one becomes an Item with ``invalid`` set."""
+    route = app.route
+    items = []
+    for record in records:
+        try:
+            event = decode(record.key, record.value, record.headers or (), max_event_bytes=max_event_bytes)
+        except EventqError as exc:
+            items.append(Item(record, None, exc, None))
+            continue
+        invalid: EventqError | None = None
+        if event.type in registry:
+            try:
+                registry.validate(event.type, event.data)
+            except EventqError as exc:
+                invalid = exc
+        items.append(Item(record, event, invalid, route(event.type)))
+    return items

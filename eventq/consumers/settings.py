@@ -1,0 +1,132 @@
+"""Consumer daemon settings: a frozen dataclass with ``from_env()``.
+
+Every field has a default that suits a small service; ``from_env`` reads the
+``EVENTQ_*`` variable named next to each field. The CLI's ``eventq consume``
+options map to the same variables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from eventq.config import KafkaSettings, env_float, env_int, env_str
+from eventq.database import DatabaseSettings
+from eventq.errors import ConfigError
+
+Ordering = Literal["partition", "key"]
+UnknownTypePolicy = Literal["dead_letter", "skip"]
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsumerSettings:
+    """How a consumer daemon fetches, retries, dead-letters and stops.
+
+    ``group_id`` and ``topics`` default to what the :class:`~eventq.consumers.App`
+    declares; set them here (or with ``EVENTQ_GROUP`` / ``EVENTQ_TOPICS``) to override.
+    """
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    group_id: str | None = None  # EVENTQ_GROUP
+    topics: tuple[str, ...] = ()  # EVENTQ_TOPICS (comma-separated)
+    schemas: tuple[str, ...] = ()  # EVENTQ_SCHEMAS: extra schema sources for validation
+    max_batch_size: int = 500  # EVENTQ_MAX_BATCH_SIZE: records per poll, across partitions
+    max_batch_timeout_s: float = 0.5  # EVENTQ_MAX_BATCH_TIMEOUT_S: longest wait for a first record
+    ordering: Ordering = "partition"  # EVENTQ_ORDERING: partition | key
+    max_concurrency: int = 64  # EVENTQ_MAX_CONCURRENCY: keys in flight per partition (ordering=key)
+    max_attempts: int = 5  # EVENTQ_MAX_ATTEMPTS: handler attempts before dead-lettering
+    backoff_initial_s: float = 0.5  # EVENTQ_BACKOFF_INITIAL_S
+    backoff_max_s: float = 30.0  # EVENTQ_BACKOFF_MAX_S
+    backoff_jitter: float = 0.2  # EVENTQ_BACKOFF_JITTER: ± fraction; 0 makes back-off exact
+    dead_letter_suffix: str = ".dlt"  # EVENTQ_DEAD_LETTER_SUFFIX: <topic><suffix>
+    dead_letter_topic: str | None = None  # EVENTQ_DEAD_LETTER_TOPIC: one topic for every source
+    create_dead_letter_topics: bool = True  # EVENTQ_CREATE_DEAD_LETTER_TOPICS
+    dead_letter_timeout_s: float = 30.0  # EVENTQ_DEAD_LETTER_TIMEOUT_S: wait for the broker's ack, then retry
+    on_unknown_type: UnknownTypePolicy = "dead_letter"  # EVENTQ_ON_UNKNOWN_TYPE
+    shutdown_grace_s: float = 30.0  # EVENTQ_SHUTDOWN_GRACE_S: in-flight work on stop/revoke
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"  # EVENTQ_AUTO_OFFSET_RESET
+    session_timeout_s: float = 10.0  # EVENTQ_SESSION_TIMEOUT_S
+    max_poll_interval_s: float = 300.0  # EVENTQ_MAX_POLL_INTERVAL_S
+    health_port: int | None = None  # EVENTQ_HEALTH_PORT: serve /livez and /readyz (0 = any port)
+    health_host: str = "127.0.0.1"  # EVENTQ_HEALTH_HOST
+    pool_size: int = 4  # EVENTQ_DB_POOL_SIZE: PostgreSQL connections per daemon
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.max_batch_size >= 1, "max_batch_size must be at least 1 (EVENTQ_MAX_BATCH_SIZE)"),
+            (self.max_batch_timeout_s > 0, "max_batch_timeout_s must be positive (EVENTQ_MAX_BATCH_TIMEOUT_S)"),
+            (self.ordering in ("partition", "key"), f"ordering {self.ordering!r} is unknown; use partition or key"),
+            (self.max_concurrency >= 1, "max_concurrency must be at least 1 (EVENTQ_MAX_CONCURRENCY)"),
+            (self.max_attempts >= 1, "max_attempts must be at least 1 (EVENTQ_MAX_ATTEMPTS)"),
+            (self.backoff_initial_s >= 0, "backoff_initial_s must be 0 or more (EVENTQ_BACKOFF_INITIAL_S)"),
+            (self.backoff_max_s >= self.backoff_initial_s, "backoff_max_s must be at least backoff_initial_s"),
+            (0 <= self.backoff_jitter <= 1, "backoff_jitter must be between 0 and 1 (EVENTQ_BACKOFF_JITTER)"),
+            (bool(self.dead_letter_suffix) or self.dead_letter_topic is not None,
+             "dead_letter_suffix must not be empty: the dead-letter topic would be the source topic"),
+            (self.on_unknown_type in ("dead_letter", "skip"),
+             f"on_unknown_type {self.on_unknown_type!r} is unknown; use dead_letter or skip"),
+            (self.dead_letter_timeout_s > 0, "dead_letter_timeout_s must be positive (EVENTQ_DEAD_LETTER_TIMEOUT_S)"),
+            (self.shutdown_grace_s >= 0, "shutdown_grace_s must be 0 or more (EVENTQ_SHUTDOWN_GRACE_S)"),
+            (self.auto_offset_reset in ("earliest", "latest"), "auto_offset_reset must be earliest or latest"),
+            (self.session_timeout_s >= 1, "session_timeout_s must be at least 1 (EVENTQ_SESSION_TIMEOUT_S)"),
+            (self.max_poll_interval_s >= self.session_timeout_s,
+             "max_poll_interval_s must be at least session_timeout_s"),
+            (self.health_port is None or 0 <= self.health_port <= 65535, "health_port must be 0-65535"),
+            (self.pool_size >= 2, "pool_size must be at least 2 (EVENTQ_DB_POOL_SIZE)"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        for topic in self.topics:
+            if topic.endswith(self.dead_letter_suffix) and self.dead_letter_topic is None:
+                raise ConfigError(
+                    f"topic {topic!r} ends in the dead-letter suffix {self.dead_letter_suffix!r}; consuming a "
+                    "dead-letter topic would dead-letter into itself. Replay dead letters with eventq dlq replay"
+                )
+
+    def dead_letter_topic_for(self, topic: str) -> str:
+        """Where failed events of ``topic`` go."""
+        return self.dead_letter_topic or f"{topic}{self.dead_letter_suffix}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ConsumerSettings:
+        """Read the ``EVENTQ_*`` variables named in the field comments (see README, Configuration)."""
+        e = os.environ if env is None else env
+        port = env_str(e, "EVENTQ_HEALTH_PORT")
+        create = (env_str(e, "EVENTQ_CREATE_DEAD_LETTER_TOPICS", "true") or "true").lower()
+        if create not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"EVENTQ_CREATE_DEAD_LETTER_TOPICS={create!r} is not a boolean; use true or false")
+        return cls(
+            kafka=KafkaSettings.from_env(e),
+            database=DatabaseSettings.from_env(e),
+            group_id=env_str(e, "EVENTQ_GROUP"),
+            topics=_csv(env_str(e, "EVENTQ_TOPICS")),
+            schemas=_csv(env_str(e, "EVENTQ_SCHEMAS")),
+            max_batch_size=env_int(e, "EVENTQ_MAX_BATCH_SIZE", 500, minimum=1),
+            max_batch_timeout_s=env_float(e, "EVENTQ_MAX_BATCH_TIMEOUT_S", 0.5),
+            ordering=(env_str(e, "EVENTQ_ORDERING", "partition") or "partition"),  # type: ignore[arg-type]
+            max_concurrency=env_int(e, "EVENTQ_MAX_CONCURRENCY", 64, minimum=1),
+            max_attempts=env_int(e, "EVENTQ_MAX_ATTEMPTS", 5, minimum=1),
+            backoff_initial_s=env_float(e, "EVENTQ_BACKOFF_INITIAL_S", 0.5),
+            backoff_max_s=env_float(e, "EVENTQ_BACKOFF_MAX_S", 30.0),
+            backoff_jitter=env_float(e, "EVENTQ_BACKOFF_JITTER", 0.2),
+            dead_letter_suffix=env_str(e, "EVENTQ_DEAD_LETTER_SUFFIX", ".dlt") or "",
+            dead_letter_topic=env_str(e, "EVENTQ_DEAD_LETTER_TOPIC"),
+            create_dead_letter_topics=create in ("true", "1", "yes"),
+            dead_letter_timeout_s=env_float(e, "EVENTQ_DEAD_LETTER_TIMEOUT_S", 30.0),
+            on_unknown_type=(env_str(e, "EVENTQ_ON_UNKNOWN_TYPE", "dead_letter") or ""),  # type: ignore[arg-type]
+            shutdown_grace_s=env_float(e, "EVENTQ_SHUTDOWN_GRACE_S", 30.0),
+            auto_offset_reset=(env_str(e, "EVENTQ_AUTO_OFFSET_RESET", "earliest") or ""),  # type: ignore[arg-type]
+            session_timeout_s=env_float(e, "EVENTQ_SESSION_TIMEOUT_S", 10.0),
+            max_poll_interval_s=env_float(e, "EVENTQ_MAX_POLL_INTERVAL_S", 300.0),
+            health_port=None if port is None else env_int(e, "EVENTQ_HEALTH_PORT", 0),
+            health_host=env_str(e, "EVENTQ_HEALTH_HOST", "127.0.0.1") or "127.0.0.1",
+            pool_size=env_int(e, "EVENTQ_DB_POOL_SIZE", 4, minimum=2),
+        )
