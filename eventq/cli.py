@@ -48,7 +48,8 @@ def configure_logging(*, json_logs: bool | None = None, level: str = "INFO") -> 
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        # Not cached: handlers log rarely, and tests can then capture every logger.
+        cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
@@ -344,3 +345,5 @@ def demo(bootstrap_servers: str, topic: str, count: int) -> None:
     from eventq.demo import run_demo
 
     run(run_demo(_settings(bootstrap_servers), topic=topic, count=count, echo=click.echo))
+if __name__ == "__main__":
+    main()

@@ -29,7 +29,7 @@ from eventq.schemas.registry import TYPE_PATTERN
 
 HandlerFunc = Callable[..., Awaitable[Any]]
 
-_OPTIONS = ("transactional", "max_attempts")
+_OPTIONS = ("transactional", "max_attempts", "retry_topics")
 _BATCH_OPTIONS = ("max_attempts",)
 
 
@@ -43,6 +43,7 @@ class Handler:
     batch: bool = False
     transactional: bool = False
     max_attempts: int | None = None
+    retry_topics: bool = False
 
 
 class App:
@@ -67,7 +68,10 @@ class App:
 
         Options: ``transactional=True`` gives the handler ``ctx.db``, a connection inside a
         transaction that also writes the event's ``processed_events`` row, so changes made
-        through it happen exactly once; ``max_attempts`` overrides the daemon's limit.
+        through it happen exactly once; ``max_attempts`` overrides the daemon's limit;
+        ``retry_topics=True`` retries through ``<topic>.retry.<n>`` topics instead of
+        holding the partition (for handlers that do not need order, see
+        :mod:`eventq.consumers.retrytopics`).
         """
         return self._register(types, options, batch=False)
 
@@ -112,10 +116,13 @@ class App:
                 f"unknown option(s) {', '.join(unknown)} for @app.{kind}; known: {', '.join(allowed)}"
             )
         transactional = options.get("transactional", False)
-        if not isinstance(transactional, bool):
-            raise RegistrationError("transactional must be True or False")
+        retry_topics = options.get("retry_topics", False)
+        if not isinstance(transactional, bool) or not isinstance(retry_topics, bool):
+            raise RegistrationError("transactional and retry_topics must be True or False")
         max_attempts = options.get("max_attempts")
-        if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+        if max_attempts is not None and (
+            not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1
+        ):
             raise RegistrationError(f"max_attempts must be a whole number of at least 1, not {max_attempts!r}")
 
         def register(func: HandlerFunc) -> HandlerFunc:
@@ -139,6 +146,7 @@ class App:
                 batch=batch,
                 transactional=transactional,
                 max_attempts=max_attempts,
+                retry_topics=retry_topics,
             )
             for event_type in types:
                 self._routes[event_type] = handler

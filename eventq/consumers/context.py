@@ -25,15 +25,7 @@ class _Base:
     __slots__ = ("topic", "partition", "group", "handler", "attempt", "db", "_producer", "_log")
 
     def __init__(
-        self,
-        *,
-        topic: str,
-        partition: int,
-        group: str,
-        handler: str,
-        attempt: int,
-        db: Any,
-        producer: Producer,
+        self, topic: str, partition: int, group: str, handler: str, attempt: int, db: Any, producer: Producer
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -47,10 +39,9 @@ class _Base:
     async def publish(self, event: Event, *, topic: str | None = None) -> Published:
         """Publish a follow-up event and wait for the broker's acknowledgement.
 
-        Raises like :meth:`Producer.publish`; an exception left to escape makes this
-        attempt fail (and the event is retried, so publish idempotent follow-ups: a
-        retried handler publishes again, consumers skip the copy by its event id only
-        if the id is the same — derive it from the handled event when that matters).
+        Raises like :meth:`Producer.publish`. A handler that fails after publishing
+        publishes again when retried; give follow-ups an id derived from the handled
+        event (``Event(id=...)``) when consumers must see them only once.
         """
         return await self._producer.publish(event, topic=topic)
 
@@ -66,10 +57,29 @@ class Context(_Base):
 
     __slots__ = ("event", "offset")
 
-    def __init__(self, event: Event, offset: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        event: Event,
+        offset: int,
+        topic: str,
+        partition: int,
+        group: str,
+        handler: str,
+        attempt: int,
+        db: Any,
+        producer: Producer,
+    ) -> None:
+        # Flat on purpose: built once per event, it is on the consumer's hot path.
         self.event = event
         self.offset = offset
+        self.topic = topic
+        self.partition = partition
+        self.group = group
+        self.handler = handler
+        self.attempt = attempt
+        self.db = db
+        self._producer = producer
+        self._log = None
 
     @property
     def log(self) -> Any:

@@ -37,10 +37,11 @@ from aiokafka import errors as ke
 
 from eventq.consumers import store
 from eventq.consumers.app import App
-from eventq.consumers.deadletter import DeadLetterSink
+from eventq.consumers.deadletter import DeadLetterSink, dead_letter_headers
 from eventq.consumers.health import HealthServer, Status, with_database
 from eventq.consumers.hooks import Hooks
-from eventq.consumers.processor import Item, Processor, SliceResult, decode_items
+from eventq.consumers.processor import Interrupt, Item, Processor, SliceResult, decode_items
+from eventq.consumers.retrytopics import retry_topic
 from eventq.consumers.settings import ConsumerSettings
 from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
 from eventq.kafka import create_topics
@@ -84,6 +85,7 @@ class Consumer:
         self._producer = Producer(ProducerSettings(kafka=settings.kafka, schemas=app.schemas + settings.schemas))
         self._processor: Processor | None = None
         self._slices: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._interrupts: dict[TopicPartition, Interrupt] = {}
         self._paused: set[TopicPartition] = set()
         self._slice_done = asyncio.Event()
         self._to_commit: dict[TopicPartition, int] = {}
@@ -94,12 +96,19 @@ class Consumer:
         self._row_waiters: list[asyncio.Future[None]] = []
         self._recorder: asyncio.Task[None] | None = None
         self._dead_letter_topics: dict[str, str] = {}
+        self._retry_topics: frozenset[str] = frozenset()
 
     # -- lifecycle ---------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the daemon to stop (safe from a signal handler); :meth:`run` then returns."""
+        """Ask the daemon to stop (safe from a signal handler); :meth:`run` then returns.
+
+        Running slices finish the handler they are in and start no other; what is
+        finished is recorded and committed, the rest is delivered again later.
+        """
         self._stopping.set()
+        for interrupt in self._interrupts.values():
+            interrupt.set()
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Start, process until stopped (or idle), then shut down cleanly."""
@@ -141,6 +150,7 @@ class Consumer:
         self._processor = Processor(
             app=self.app, settings=s, group=self.group, producer=self._producer, pool=self._pool, status=self.status
         )
+        self._processor.retry_topics = self._retry_topics
         self._committer = asyncio.create_task(self._commit_loop(), name="eventq-committer")
         if s.health_port is not None:
             self.health = HealthServer(self.status, s.health_host, s.health_port)
@@ -181,23 +191,29 @@ class Consumer:
                 f"{' '.join(missing)})"
             )
         self._dead_letter_topics = {t: s.dead_letter_topic_for(t) for t in self.topics}
-        missing_dlt = sorted(set(self._dead_letter_topics.values()) - existing)
-        if missing_dlt and not s.create_dead_letter_topics:
+        # derived topic -> the source topic it serves (for its partition count)
+        derived = {dlt: t for t, dlt in self._dead_letter_topics.items()}
+        retry_handlers = [h for h in self.app.handlers.values() if h.retry_topics]
+        levels = max(((h.max_attempts or s.max_attempts) - 1 for h in retry_handlers), default=0)
+        retry_names = {retry_topic(t, n): t for t in self.topics for n in range(1, levels + 1)}
+        derived.update(retry_names)
+        missing_derived = sorted(set(derived) - existing)
+        if missing_derived and not s.create_topics:
             raise ConsumerError(
-                f"dead-letter topic(s) {', '.join(missing_dlt)} do not exist; create them (eventq topics create "
-                f"{' '.join(missing_dlt)}) or allow EVENTQ_CREATE_DEAD_LETTER_TOPICS"
+                f"topic(s) {', '.join(missing_derived)} do not exist; create them (eventq topics create "
+                f"{' '.join(missing_derived)}) or allow EVENTQ_CREATE_TOPICS"
             )
-        for dlt in missing_dlt:
-            sources = [t for t, d in self._dead_letter_topics.items() if d == dlt]
-            partitions = max(len(consumer.partitions_for_topic(t) or ()) for t in sources) or 1
+        for name in missing_derived:
+            partitions = len(consumer.partitions_for_topic(derived[name]) or ()) or 1
             try:
-                await create_topics(s.kafka, [dlt], partitions=partitions)
+                await create_topics(s.kafka, [name], partitions=partitions)
             except EventqError as exc:
-                raise ConsumerError(f"cannot create dead-letter topic {dlt!r}: {exc}") from exc
-            log.info("consumer.dead_letter_topic_created", topic=dlt, partitions=partitions)
+                raise ConsumerError(f"cannot create topic {name!r}: {exc}") from exc
+            log.info("consumer.topic_created", topic=name, partitions=partitions)
+        self._retry_topics = frozenset(retry_names)
         await self._sink.start()
         await self._producer.start()
-        consumer.subscribe(list(self.topics), listener=_Rebalance(self))
+        consumer.subscribe([*self.topics, *sorted(retry_names)], listener=_Rebalance(self))
 
     async def _shutdown(self) -> None:
         running = list(self._slices.values())
@@ -259,7 +275,9 @@ class Consumer:
                 log.warning("consumer.fetch_failed", error_type=type(exc).__name__, error=str(exc))
                 await asyncio.sleep(1.0)
                 continue
-            if records:
+            if records and not self._stopping.is_set():
+                # (Records fetched as the stop came are not started: nothing after
+                # the last finished record is committed, so they are redelivered.)
                 self._dispatch(records)
                 continue
             if until_idle and not self._slices:
@@ -309,6 +327,7 @@ class Consumer:
             ids.extend(item.event.id for item in items if item.event is not None)
         seen = asyncio.create_task(self._dedupe(ids))
         for tp, items in slices.items():
+            self._interrupts[tp] = Interrupt()
             self._slices[tp] = asyncio.create_task(self._slice(tp, items, seen), name=f"eventq-slice-{tp}")
         log.debug("consumer.batch_fetched", records=sum(len(v) for v in slices.values()), partitions=len(slices))
 
@@ -322,15 +341,21 @@ class Consumer:
     async def _slice(self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[set[str]]) -> None:
         assert self._processor is not None
         try:
-            result = await self._processor.run(items, await asyncio.shield(seen))
+            result = await self._processor.run(items, await asyncio.shield(seen), self._interrupts[tp])
             await self.hooks.after_handlers(tp.topic, tp.partition, result)
-            if result.letters:
+            if result.letters or result.handoffs:
                 await self._send_dead_letters(result)
             if result.rows:
                 await self._record(result.rows)
             await self.hooks.after_record(tp.topic, tp.partition, result)
-            self._to_commit[tp] = items[-1].record.offset + 1
-            self._commit_wanted.set()
+            if result.next_offset > items[0].record.offset:
+                self._to_commit[tp] = result.next_offset
+                self._commit_wanted.set()
+            if result.next_offset <= items[-1].record.offset:
+                # Interrupted: the rest of the slice must be fetched again, not skipped.
+                consumer = self._consumer
+                if consumer is not None and tp in consumer.assignment() and not self._stopping.is_set():
+                    consumer.seek(tp, result.next_offset)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -345,6 +370,7 @@ class Consumer:
             await asyncio.sleep(1.0)
         finally:
             del self._slices[tp]
+            self._interrupts.pop(tp, None)
             if tp in self._paused:
                 self._paused.discard(tp)
                 if self._consumer is not None and tp in self._consumer.assignment():
@@ -352,12 +378,16 @@ class Consumer:
             self._slice_done.set()
 
     async def _send_dead_letters(self, result: SliceResult) -> None:
-        """Publish the slice's dead letters; retry until the broker acknowledges all."""
-        letters = [(self._dead_letter_topics.get(d.topic) or self.settings.dead_letter_topic_for(d.topic), d)
-                   for d in result.letters]
+        """Publish the slice's dead letters and retry records; retry until the broker acknowledges all."""
+        records = [
+            (self._dead_letter_topics.get(d.topic) or self.settings.dead_letter_topic_for(d.topic), d.key, d.value,
+             dead_letter_headers(d))
+            for d in result.letters
+        ]
+        records.extend(result.handoffs)
         while True:
             try:
-                await self._sink.send(letters)
+                await self._sink.send(records)
             except EventqError as exc:
                 await self.status.broker_down(exc, "dead_letter")
                 continue
@@ -432,6 +462,8 @@ class Consumer:
                 return
 
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked & set(self._interrupts):
+            self._interrupts[tp].set()
         running = [task for tp, task in self._slices.items() if tp in revoked]
         if running:
             await self._finish(running)

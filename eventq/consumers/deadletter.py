@@ -138,9 +138,9 @@ def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
 
 
 class DeadLetterSink:
-    """Publishes dead letters with an idempotent ``acks=all`` producer.
+    """Publishes dead letters (and retry records) with an idempotent ``acks=all`` producer.
 
-    :meth:`send` returns only when the broker acknowledged every letter, and raises
+    :meth:`send` returns only when the broker acknowledged every record, and raises
     (a :class:`~eventq.errors.PublishError`) otherwise: the caller then must not
     commit past those records.
     """
@@ -172,23 +172,21 @@ class DeadLetterSink:
         if aio is not None:
             await stop_producer(aio, self._timeout_s)
 
-    async def send(self, letters: Sequence[tuple[str, DeadLetter]]) -> None:
-        """Publish ``(dead-letter topic, letter)`` pairs; return once all are acknowledged."""
+    async def send(self, records: Sequence[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
+        """Publish ``(topic, key, value, headers)`` records; return once all are acknowledged."""
         if self._aio is None:
             raise RuntimeError("DeadLetterSink is not started")
-        if not letters:
+        if not records:
             return
         aio = self._aio
         topic = ""
         try:
             futures = []
-            for topic, letter in letters:
-                futures.append(
-                    await aio.send(topic, letter.value, key=letter.key, headers=dead_letter_headers(letter))
-                )
+            for topic, key, value, headers in records:
+                futures.append(await aio.send(topic, value, key=key, headers=headers))
             async with asyncio.timeout(self._timeout_s):
                 await asyncio.gather(*futures)
         except TimeoutError as exc:
-            raise PublishTimeout(topic, f"dead letters not acknowledged within {self._timeout_s} s") from exc
+            raise PublishTimeout(topic, f"not acknowledged within {self._timeout_s} s") from exc
         except Exception as exc:
             raise translate(exc, topic=topic, settings=self._kafka) from exc

@@ -20,6 +20,8 @@ to publish. It guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from eventq.consumers import store
+from eventq.consumers import retrytopics, store
 from eventq.consumers.app import App, Handler
 from eventq.consumers.context import BatchContext, Context
 from eventq.consumers.deadletter import (
@@ -44,37 +46,68 @@ from eventq.consumers.settings import ConsumerSettings
 from eventq.database import is_outage
 from eventq.errors import EventqError, Reject, RetryLater, UnknownEventType
 from eventq.producers.producer import Producer
-from eventq.schemas.correlation import caused_by
+from eventq.schemas.correlation import caused_by, enter_cause, exit_cause
 from eventq.schemas.envelope import Event, decode
 
 log = structlog.get_logger("eventq.consumer")
 
 
 class Item:
-    """One fetched record: decoded event (or why it is not one) and its handler."""
+    """One fetched record: decoded event (or why it is not one), its handler, whether it is finished."""
 
-    __slots__ = ("record", "event", "invalid", "handler")
+    __slots__ = ("record", "event", "invalid", "handler", "done")
 
     def __init__(self, record: Any, event: Event | None, invalid: EventqError | None, handler: Handler | None):
         self.record = record
         self.event = event
         self.invalid = invalid
         self.handler = handler
+        self.done = False
+
+
+class Interrupt:
+    """Asks a running slice to stop between events (shutdown, partition revocation).
+
+    The handler running at that moment finishes; a retry back-off is cut short and
+    its event left unfinished (so it is delivered again).
+    """
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def sleep(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; True (at once) if interrupted meanwhile."""
+        if delay > 0 and not self._event.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._event.wait()
+        return self._event.is_set()
 
 
 @dataclass(slots=True)
 class SliceResult:
     """What a slice leaves to do before its commit."""
 
+    next_offset: int = 0  # everything before it is finished: the offset to commit
     rows: list[store.Processed] = field(default_factory=list)
     letters: list[DeadLetter] = field(default_factory=list)
+    handoffs: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = field(default_factory=list)
     handled: int = 0
     duplicates: int = 0
 
 
 def backoff_delay(attempt: int, settings: ConsumerSettings) -> float:
-    """Delay before attempt ``attempt + 1``: initial·2^(attempt-1), capped, ± jitter."""
-    delay: float = min(settings.backoff_max_s, settings.backoff_initial_s * 2.0 ** (attempt - 1))
+    """Delay before attempt ``attempt + 1``: initial·2^(attempt-1), capped at the maximum, then ± jitter."""
+    delay: float = min(settings.backoff_max_s, settings.backoff_initial_s * 2.0 ** min(attempt - 1, 62))
     if settings.backoff_jitter:
         delay *= 1 + settings.backoff_jitter * random.uniform(-1.0, 1.0)
     return delay
@@ -99,22 +132,33 @@ class Processor:
         self.producer = producer
         self.pool = pool
         self.status = status
+        self.retry_topics: frozenset[str] = frozenset()  # set by the daemon
 
-    async def run(self, items: Sequence[Item], seen: set[str]) -> SliceResult:
-        """Process one partition's records (offset order); see the module docstring."""
+    async def run(self, items: Sequence[Item], seen: set[str], interrupt: Interrupt | None = None) -> SliceResult:
+        """Process one partition's records (offset order); see the module docstring.
+
+        If ``interrupt`` is set, no further handler starts; ``next_offset`` of the result
+        then points at the first unfinished record.
+        """
         result = SliceResult()
         todo: list[Item] = []
         in_slice: set[str] = set()
+        stop = interrupt or Interrupt()
         for item in items:
             event = item.event
-            if event is None or item.invalid is not None:
-                self._dead_letter(result, item, Failure.from_exception(REASON_INVALID, item.invalid or EventqError()))
-            elif event.id in seen or event.id in in_slice:
+            if event is not None and (event.id in seen or event.id in in_slice):
                 result.duplicates += 1
+                item.done = True
+            elif event is None or item.invalid is not None:
+                if event is not None:
+                    in_slice.add(event.id)
+                self._dead_letter(result, item, Failure.from_exception(REASON_INVALID, item.invalid or EventqError()))
+                item.done = True
             else:
                 in_slice.add(event.id)
                 if item.handler is None:
                     self._unknown(result, item)
+                    item.done = True
                 else:
                     todo.append(item)
         if self.settings.ordering == "key":
@@ -126,80 +170,163 @@ class Processor:
 
             async def one_key(chain: list[Item]) -> None:
                 async with limit:
-                    await self._run_in_order(chain, result)
+                    await self._run_in_order(chain, result, stop)
 
             await asyncio.gather(*(one_key(chain) for chain in groups.values()))
         else:
-            await self._run_in_order(todo, result)
+            await self._run_in_order(todo, result, stop)
+        unfinished = next((item for item in items if not item.done), None)
+        result.next_offset = unfinished.record.offset if unfinished is not None else items[-1].record.offset + 1
         return result
 
-    async def _run_in_order(self, items: list[Item], result: SliceResult) -> None:
+    async def _run_in_order(self, items: list[Item], result: SliceResult, stop: Interrupt) -> None:
         i = 0
         while i < len(items):
+            if stop.requested:
+                return
             handler = items[i].handler
             assert handler is not None
             if handler.batch:
                 j = i + 1
                 while j < len(items) and items[j].handler is handler:
                     j += 1
-                await self._run_batch(handler, items[i:j], result)
+                await self._run_batch(handler, items[i:j], result, stop)
                 i = j
+            elif handler.transactional or items[i].record.topic in self.retry_topics:
+                items[i].done = await self._run_one(handler, items[i], result, stop)
+                i += 1
             else:
-                await self._run_one(handler, items[i], result)
+                # The common case, kept lean (it is most of a no-op handler's cost):
+                # one attempt; only a failure takes the retrying path.
+                item = items[i]
+                event = item.event
+                record = item.record
+                assert event is not None
+                ctx = Context(
+                    event, record.offset, record.topic, record.partition, self.group, handler.name, 1, self.pool,
+                    self.producer,
+                )
+                token = enter_cause(event.id, event.correlation_id or event.id)
+                try:
+                    await handler.func(event, ctx)
+                except Exception as exc:
+                    exit_cause(token)
+                    item.done = await self._run_one(handler, item, result, stop, first_error=exc)
+                else:
+                    exit_cause(token)
+                    result.rows.append(store.Processed(event.id, record.topic, record.partition, record.offset))
+                    result.handled += 1
+                    item.done = True
                 i += 1
 
-    async def _run_one(self, handler: Handler, item: Item, result: SliceResult) -> None:
+    async def _run_one(
+        self,
+        handler: Handler,
+        item: Item,
+        result: SliceResult,
+        stop: Interrupt,
+        *,
+        first_error: Exception | None = None,
+    ) -> bool:
+        """Attempt the handler until it succeeds, rejects or runs out of attempts; False if interrupted.
+
+        ``first_error`` is the failure of an attempt 1 made by the caller's fast path.
+        """
         event = item.event
         assert event is not None
         record = item.record
         limit = handler.max_attempts or self.settings.max_attempts
         first_failure: datetime | None = None
         attempt = 1
+        pending_error = first_error
+        state = retrytopics.parse(record.headers or ()) if record.topic in self.retry_topics else None
+        if state is not None:
+            if await stop.sleep(state.seconds_until_due()):
+                return False
+            attempt, first_failure = state.attempts + 1, state.first_failure
         while True:
             ctx = Context(
-                event, record.offset, topic=record.topic, partition=record.partition, group=self.group,
-                handler=handler.name, attempt=attempt, db=self.pool, producer=self.producer,
+                event, record.offset, record.topic, record.partition, self.group, handler.name, attempt, self.pool,
+                self.producer,
             )
             try:
+                if pending_error is not None:
+                    error, pending_error = pending_error, None
+                    raise error
                 with caused_by(event.id, event.correlation_id or event.id):
                     if handler.transactional:
                         if not await self._run_transactional(handler, item, ctx):
                             result.duplicates += 1
-                            return
+                            return True
                     else:
                         await handler.func(event, ctx)
             except asyncio.CancelledError:
                 raise
             except Reject as exc:
-                self._dead_letter(result, item, self._failure(REASON_REJECTED, exc, handler, attempt, first_failure))
-                return
+                failure = self._failure(REASON_REJECTED, exc, handler, attempt, first_failure)
+                self._dead_letter(result, item, failure, state)
+                return True
             except Exception as exc:
                 if handler.transactional and is_outage(exc):
                     # The database, not the handler, failed: wait for it without using up attempts.
                     await self.status.database_down(exc)
+                    if stop.requested:
+                        return False
                     continue
                 now = datetime.now(UTC)
                 first_failure = first_failure or now
                 if attempt >= limit:
-                    self._dead_letter(
-                        result, item, self._failure(REASON_EXHAUSTED, exc, handler, attempt, first_failure)
-                    )
-                    return
+                    failure = self._failure(REASON_EXHAUSTED, exc, handler, attempt, first_failure)
+                    self._dead_letter(result, item, failure, state)
+                    return True
                 delay = exc.delay_s if isinstance(exc, RetryLater) else backoff_delay(attempt, self.settings)
+                if handler.retry_topics:
+                    self._hand_off(result, item, state, attempt, delay, first_failure, exc)
+                    return True
                 log.warning(
                     "event.retry_scheduled", event_id=event.id, event_type=event.type, topic=record.topic,
                     partition=record.partition, offset=record.offset, handler=handler.name, attempt=attempt,
                     max_attempts=limit, delay_s=round(delay, 3), error_type=type(exc).__name__, error=str(exc),
                 )
-                await asyncio.sleep(delay)
+                if await stop.sleep(delay):
+                    return False
                 attempt += 1
                 continue
             if handler.transactional:
                 self.status.database_up()
+            elif state is not None:
+                result.rows.append(store.Processed(event.id, state.topic, state.partition, state.offset))
             else:
                 result.rows.append(store.Processed(event.id, record.topic, record.partition, record.offset))
             result.handled += 1
-            return
+            return True
+
+    def _hand_off(
+        self,
+        result: SliceResult,
+        item: Item,
+        state: retrytopics.RetryState | None,
+        attempts: int,
+        delay: float,
+        first_failure: datetime,
+        error: Exception,
+    ) -> None:
+        """Republish a failed event to its next retry topic instead of waiting here."""
+        r = item.record
+        origin = state or retrytopics.RetryState(
+            topic=r.topic, partition=r.partition, offset=r.offset, timestamp=r.timestamp, attempts=0, due_ms=0,
+            first_failure=first_failure,
+        )
+        due_ms = int((datetime.now(UTC).timestamp() + delay) * 1000)
+        nxt = dataclasses.replace(origin, attempts=attempts, due_ms=due_ms)
+        headers = retrytopics.handoff_headers(list(r.headers or ()), nxt, error=error)
+        target = retrytopics.retry_topic(origin.topic, attempts)
+        result.handoffs.append((target, r.key, r.value, headers))
+        log.warning(
+            "event.retry_handed_off", event_id=item.event.id if item.event else None, topic=origin.topic,
+            partition=origin.partition, offset=origin.offset, retry_topic=target, attempt=attempts,
+            delay_s=round(delay, 3), error_type=type(error).__name__, error=str(error),
+        )
 
     async def _run_transactional(self, handler: Handler, item: Item, ctx: Context) -> bool:
         """Claim the row and run the handler in one transaction; False if already claimed."""
@@ -214,7 +341,7 @@ class Processor:
             await handler.func(event, ctx)
         return True
 
-    async def _run_batch(self, handler: Handler, items: list[Item], result: SliceResult) -> None:
+    async def _run_batch(self, handler: Handler, items: list[Item], result: SliceResult, stop: Interrupt) -> None:
         limit = handler.max_attempts or self.settings.max_attempts
         pending = items
         first_failure: dict[str, datetime] = {}
@@ -243,12 +370,15 @@ class Processor:
                     r = item.record
                     result.rows.append(store.Processed(event.id, r.topic, r.partition, r.offset))
                     result.handled += 1
+                    item.done = True
                     continue
                 first = first_failure.setdefault(event.id, datetime.now(UTC))
                 if isinstance(error, Reject):
                     self._dead_letter(result, item, self._failure(REASON_REJECTED, error, handler, attempt, first))
+                    item.done = True
                 elif attempt >= limit:
                     self._dead_letter(result, item, self._failure(REASON_EXHAUSTED, error, handler, attempt, first))
+                    item.done = True
                 else:
                     retry.append(item)
                     delays.append(
@@ -260,7 +390,8 @@ class Processor:
                     "batch.retry_scheduled", topic=head.topic, partition=head.partition, handler=handler.name,
                     attempt=attempt, max_attempts=limit, failed=len(retry), delay_s=round(delay, 3),
                 )
-                await asyncio.sleep(delay)
+                if await stop.sleep(delay):
+                    return
             pending = retry
             attempt += 1
 
@@ -288,20 +419,30 @@ class Processor:
     ) -> Failure:
         return Failure.from_exception(reason, exc, handler=handler.name, attempts=attempts, first_failure=first)
 
-    def _dead_letter(self, result: SliceResult, item: Item, failure: Failure) -> None:
+    def _dead_letter(
+        self, result: SliceResult, item: Item, failure: Failure, state: retrytopics.RetryState | None = None
+    ) -> None:
         r = item.record
+        # A record from a retry topic is dead-lettered as the source record it was.
+        topic, partition, offset, timestamp = (
+            (state.topic, state.partition, state.offset, state.timestamp) if state is not None
+            else (r.topic, r.partition, r.offset, r.timestamp)
+        )
+        headers = list(r.headers or ())
+        if state is not None:
+            headers = retrytopics.original_headers(headers)
         result.letters.append(
             DeadLetter(
-                topic=r.topic, partition=r.partition, offset=r.offset, timestamp=r.timestamp, key=r.key,
-                value=r.value, headers=list(r.headers or ()), group=self.group, failure=failure,
+                topic=topic, partition=partition, offset=offset, timestamp=timestamp, key=r.key,
+                value=r.value, headers=headers, group=self.group, failure=failure,
             )
         )
         event = item.event
         if event is not None:
             # The row is written only after the broker acknowledged the dead letter.
-            result.rows.append(store.Processed(event.id, r.topic, r.partition, r.offset, "dead_lettered"))
+            result.rows.append(store.Processed(event.id, topic, partition, offset, "dead_lettered"))
         log.error(
-            "event.dead_lettered", topic=r.topic, partition=r.partition, offset=r.offset,
+            "event.dead_lettered", topic=topic, partition=partition, offset=offset,
             event_id=event.id if event is not None else None, event_type=event.type if event is not None else None,
             reason=failure.reason, error_type=failure.error_type, error=failure.message, attempts=failure.attempts,
         )

@@ -47,7 +47,7 @@ class ConsumerSettings:
     backoff_jitter: float = 0.2  # EVENTQ_BACKOFF_JITTER: ± fraction; 0 makes back-off exact
     dead_letter_suffix: str = ".dlt"  # EVENTQ_DEAD_LETTER_SUFFIX: <topic><suffix>
     dead_letter_topic: str | None = None  # EVENTQ_DEAD_LETTER_TOPIC: one topic for every source
-    create_dead_letter_topics: bool = True  # EVENTQ_CREATE_DEAD_LETTER_TOPICS
+    create_topics: bool = True  # EVENTQ_CREATE_TOPICS: create missing dead-letter and retry topics
     dead_letter_timeout_s: float = 30.0  # EVENTQ_DEAD_LETTER_TIMEOUT_S: wait for the broker's ack, then retry
     on_unknown_type: UnknownTypePolicy = "dead_letter"  # EVENTQ_ON_UNKNOWN_TYPE
     shutdown_grace_s: float = 30.0  # EVENTQ_SHUTDOWN_GRACE_S: in-flight work on stop/revoke
@@ -81,9 +81,16 @@ class ConsumerSettings:
             (self.health_port is None or 0 <= self.health_port <= 65535, "health_port must be 0-65535"),
             (self.pool_size >= 2, "pool_size must be at least 2 (EVENTQ_DB_POOL_SIZE)"),
         )
+        if isinstance(self.max_attempts, bool) or isinstance(self.max_batch_size, bool):
+            raise ConfigError("max_attempts and max_batch_size must be whole numbers, not True/False")
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.dead_letter_topic is not None and self.dead_letter_topic in self.topics:
+            raise ConfigError(
+                f"dead-letter topic {self.dead_letter_topic!r} (dead_letter_topic) is also consumed; its "
+                "failures would loop back into it. Replay dead letters with eventq dlq replay instead"
+            )
         for topic in self.topics:
             if topic.endswith(self.dead_letter_suffix) and self.dead_letter_topic is None:
                 raise ConfigError(
@@ -100,9 +107,9 @@ class ConsumerSettings:
         """Read the ``EVENTQ_*`` variables named in the field comments (see README, Configuration)."""
         e = os.environ if env is None else env
         port = env_str(e, "EVENTQ_HEALTH_PORT")
-        create = (env_str(e, "EVENTQ_CREATE_DEAD_LETTER_TOPICS", "true") or "true").lower()
+        create = (env_str(e, "EVENTQ_CREATE_TOPICS", "true") or "true").lower()
         if create not in ("true", "false", "1", "0", "yes", "no"):
-            raise ConfigError(f"EVENTQ_CREATE_DEAD_LETTER_TOPICS={create!r} is not a boolean; use true or false")
+            raise ConfigError(f"EVENTQ_CREATE_TOPICS={create!r} is not a boolean; use true or false")
         return cls(
             kafka=KafkaSettings.from_env(e),
             database=DatabaseSettings.from_env(e),
@@ -119,7 +126,7 @@ class ConsumerSettings:
             backoff_jitter=env_float(e, "EVENTQ_BACKOFF_JITTER", 0.2),
             dead_letter_suffix=env_str(e, "EVENTQ_DEAD_LETTER_SUFFIX", ".dlt") or "",
             dead_letter_topic=env_str(e, "EVENTQ_DEAD_LETTER_TOPIC"),
-            create_dead_letter_topics=create in ("true", "1", "yes"),
+            create_topics=create in ("true", "1", "yes"),
             dead_letter_timeout_s=env_float(e, "EVENTQ_DEAD_LETTER_TIMEOUT_S", 30.0),
             on_unknown_type=(env_str(e, "EVENTQ_ON_UNKNOWN_TYPE", "dead_letter") or ""),  # type: ignore[arg-type]
             shutdown_grace_s=env_float(e, "EVENTQ_SHUTDOWN_GRACE_S", 30.0),

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from contextvars import ContextVar, Token
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Cause:
+class Cause(NamedTuple):
     """The ids a follow-up event inherits."""
 
     event_id: str
@@ -29,6 +28,16 @@ _current: ContextVar[Cause | None] = ContextVar("eventq_cause", default=None)
 def current_cause() -> Cause | None:
     """The event being handled in this context, or None outside a handler."""
     return _current.get()
+
+
+def enter_cause(event_id: str, correlation_id: str) -> Token[Cause | None]:
+    """Start handling an event (the consumer's hot path; prefer :func:`caused_by`)."""
+    return _current.set(Cause(event_id, correlation_id))
+
+
+def exit_cause(token: Token[Cause | None]) -> None:
+    """Undo :func:`enter_cause`."""
+    _current.reset(token)
 
 
 @contextmanager

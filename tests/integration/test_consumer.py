@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from eventq.config import KafkaSettings
-from eventq.consumers import App, BatchContext, Consumer, Context
+from eventq.consumers import App, BatchContext, Consumer, Context, Hooks
 from eventq.consumers.store import Processed, record
 from eventq.errors import Reject, RetryLater
 from eventq.schemas import Event
@@ -86,7 +86,7 @@ async def test_events_the_group_already_recorded_skip_their_handler(
 async def test_a_poison_record_mid_batch_is_dead_lettered_and_the_rest_processed(
     kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory, read_topic: Reader
 ) -> None:
-    """Undecodable, schema-invalid and unknown-type records go to <topic>.dlt with their bytes; the others are handled."""
+    """Undecodable, schema-invalid and unknown-type records go to <topic>.dlt as they were; the rest is handled."""
     from aiokafka import AIOKafkaProducer
 
     from eventq.schemas.envelope import encode
@@ -173,7 +173,9 @@ async def test_failures_are_retried_with_backoff_up_to_max_attempts_then_dead_le
         attempts.append(time.monotonic())
         raise RuntimeError(f"payment service down (attempt {ctx.attempt})")
 
-    settings = consumer_settings(kafka_settings, database, topic, max_attempts=3, backoff_initial_s=0.3, backoff_max_s=5.0)
+    settings = consumer_settings(
+        kafka_settings, database, topic, max_attempts=3, backoff_initial_s=0.3, backoff_max_s=5.0
+    )
     await run_until_idle(app, settings)
 
     assert len(attempts) == 3
@@ -262,7 +264,7 @@ async def _partition_of(kafka: KafkaSettings, topic: str, event: Event) -> int:
 async def test_a_batch_handler_reports_per_event_outcomes(
     kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory, read_topic: Reader
 ) -> None:
-    """A batch handler gets consecutive events in order; only the events it reports failed are retried or dead-lettered."""
+    """A batch handler gets consecutive events in order; only events it reports failed are retried or dead-lettered."""
     topic = await new_topic(partitions=1)
     events = [order(n, key="k") for n in range(20)]
     await publish(kafka_settings, topic, events)
@@ -346,7 +348,7 @@ async def test_follow_up_events_carry_correlation_and_causation(
 async def test_transactional_handler_writes_commit_with_the_row_and_roll_back_with_a_failure(
     kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory
 ) -> None:
-    """A transactional handler's writes and the processed_events row commit together; a failed attempt leaves neither."""
+    """A transactional handler's writes commit with the processed_events row; a failed attempt leaves neither."""
     topic = await new_topic(partitions=1)
     events = [order(n, key="k") for n in range(5)]
     await publish(kafka_settings, topic, events)
@@ -402,7 +404,7 @@ async def test_stop_finishes_in_flight_work_commits_and_leaves(
 async def test_two_consumers_split_partitions_and_a_rebalance_loses_nothing(
     kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory
 ) -> None:
-    """A second member joining mid-stream takes partitions over; every event ends with exactly one row."""
+    """A member joining mid-stream takes partitions over after the old owner committed; one row per event."""
     topic = await new_topic()
     settings = consumer_settings(kafka_settings, database, topic)
     handled_by: dict[str, Counter[str]] = {"a": Counter(), "b": Counter()}
@@ -417,8 +419,14 @@ async def test_two_consumers_split_partitions_and_a_rebalance_loses_nothing(
 
         return app
 
-    first = Consumer(make_app("a"), settings)
-    second = Consumer(make_app("b"), settings)
+    class CountDuplicates(Hooks):
+        skipped = 0
+
+        async def after_handlers(self, topic: str, partition: int, result: Any) -> None:
+            CountDuplicates.skipped += result.duplicates
+
+    first = Consumer(make_app("a"), settings, hooks=CountDuplicates())
+    second = Consumer(make_app("b"), settings, hooks=CountDuplicates())
     events = [order(n, key=f"c{n}") for n in range(3000)]
     run_a = asyncio.create_task(first.run())
     await publish(kafka_settings, topic, events[:1000])
@@ -438,6 +446,10 @@ async def test_two_consumers_split_partitions_and_a_rebalance_loses_nothing(
     assert sorted(r["event_id"] for r in recorded) == sorted(e.id for e in events)
     assert handled_by["a"] and handled_by["b"]  # both members did work
     assert set(handled_by["a"]) | set(handled_by["b"]) == {e.id for e in events}
+    # Revoked partitions were committed before the rebalance completed: the new owner
+    # was never handed an event the old one had finished (not even to skip it).
+    assert CountDuplicates.skipped == 0
+    assert not set(handled_by["a"]) & set(handled_by["b"])
     assert await committed(kafka_settings, settings.group_id or "", topic) == await end_offsets(kafka_settings, topic)
 
 
@@ -462,10 +474,7 @@ async def test_startup_problems_are_named(
         await Consumer(app, consumer_settings(kafka_settings, database, topic)).run(until_idle=True)
     await conn.execute("ALTER TABLE elsewhere RENAME TO processed_events")
     await conn.close()
-    no_dlt = consumer_settings(kafka_settings, database, topic, create_dead_letter_topics=False)
+    no_dlt = consumer_settings(kafka_settings, database, topic, create_topics=False)
     with pytest.raises(ConsumerError, match=f"eventq topics create {topic}.dlt"):
         await Consumer(app, no_dlt).run(until_idle=True)
 
-
-def _ids(values: list[Any]) -> list[str]:
-    return [str(v) for v in values]

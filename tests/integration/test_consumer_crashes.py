@@ -55,7 +55,7 @@ async def crash_then_recover(
 async def test_a_crash_between_handler_and_record_reruns_the_handler_once_and_records_once(
     kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory
 ) -> None:
-    """Killed after its handlers ran but before their rows: those handlers run again once, and every event has one row."""
+    """Killed after handlers ran but before their rows: those handlers run again once; every event has one row."""
     topic = await new_topic(partitions=2)
     events = [order(n) for n in range(200)]
     await publish(kafka_settings, topic, events)
