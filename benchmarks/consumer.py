@@ -14,7 +14,8 @@ RSS is its own:
 - **eventq** (ordering=partition, the default) and **eventq key** (ordering=key):
   ``Consumer.run(until_idle=True)`` with a no-op handler and default settings, so the
   figures include decoding, schema validation, the dedupe query, recording the rows
-  and committing. Afterwards the group must have exactly N rows in processed_events.
+  and committing. The process's garbage collector is tuned as ``eventq consume``
+  tunes it (``eventq.cli.tune_gc_for_daemon``). Afterwards the group must have exactly N rows in processed_events.
 
 Two rates are reported for every scenario. *wall* runs from creating the client to
 its return (group join, and for eventq the idle check and shutdown, included);
@@ -54,6 +55,7 @@ import structlog  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
+from eventq.cli import tune_gc_for_daemon  # noqa: E402
 from eventq.config import KafkaSettings  # noqa: E402
 from eventq.consumers import App, Consumer, ConsumerSettings  # noqa: E402
 from eventq.consumers.store import migrate  # noqa: E402
@@ -168,6 +170,7 @@ async def run_eventq(args: argparse.Namespace, group: str, clock: Clock) -> int:
         ordering="key" if args.scenario == "eventq-key" else "partition",
         backoff_jitter=0.0,
     )
+    tune_gc_for_daemon()  # as `eventq consume` does
     await Consumer(app, settings).run(until_idle=True)
     return clock.count
 

@@ -1,21 +1,34 @@
-"""The README demo: publish correlated events to the real broker and read them back.
+"""The README demo, end to end on the real broker and database.
 
-Later parts of eventq extend it (consumer daemon, dead letter, replay).
+1. Publish an order, a follow-up caused by it, and 1,000 more orders in one batch.
+2. Run a consumer daemon (burst mode) whose handler "charges" each order; one order
+   always fails (the payment provider declines it): it is retried with back-off and
+   then dead-lettered, while every other event is handled once and recorded.
+3. Show the dead letter as it sits in ``<topic>.dlt``, and check the guarantees:
+   one ``processed_events`` row per event, per-key order kept, offsets committed.
+
+Later parts of eventq extend it (replay of the dead letter after a fix).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from eventq.config import KafkaSettings
+from eventq.consumers import App, Consumer, ConsumerSettings, Context, store
+from eventq.database import DatabaseSettings, connect
 from eventq.kafka import create_topics
-from eventq.producers import Producer, ProducerSettings, Published
-from eventq.schemas import Event, caused_by, decode
+from eventq.producers import Producer, ProducerSettings
+from eventq.schemas import Event, caused_by
 
 SOURCE = "eventq-demo"
+GROUP = "demo-billing"
+DECLINED_ORDER = "order-13"  # the payment provider declines this one, every time
 
 
 def _order(n: int) -> Event:
@@ -33,27 +46,46 @@ def _order(n: int) -> Event:
     )
 
 
-async def run_demo(kafka: KafkaSettings, *, topic: str, count: int, echo: Callable[[str], None]) -> None:
-    """Publish ``count`` orders plus one follow-up, read them back, check keys kept order."""
+def demo_app(topic: str, charged: dict[str, list[int]]) -> App:
+    """The demo's handlers: charge orders (one is always declined), note payments."""
+    app = App(GROUP, topics=[topic])
+
+    @app.handler("demo.order.created.v1")
+    async def charge(event: Event, ctx: Context) -> None:
+        if event.data["order_id"] == DECLINED_ORDER:
+            raise RuntimeError(f"payment provider declined {DECLINED_ORDER} (card expired)")
+        charged.setdefault(event.key or "", []).append(int(event.data["order_id"].split("-")[1]))
+
+    @app.handler("demo.order.paid.v1")
+    async def paid(event: Event, ctx: Context) -> None:
+        ctx.log.info("demo.payment_noted", order_id=event.data["order_id"])
+
+    return app
+
+
+async def run_demo(
+    kafka: KafkaSettings, database: DatabaseSettings, *, topic: str, count: int, echo: Callable[[str], None]
+) -> None:
+    """Publish ``count`` orders plus a follow-up, consume them with a daemon, check the guarantees."""
+    conn = await connect(database)
+    try:
+        applied = await store.migrate(conn)
+    finally:
+        await conn.close()
+    echo(f"database     {database.safe_url}: {'migrated ' + str(applied) if applied else 'up to date'}")
     created = await create_topics(kafka, [topic], partitions=6)
-    echo(f"topic {topic}: {'created' if created else 'exists'} (6 partitions)")
+    echo(f"topic        {topic}: {'created' if created else 'exists'} (6 partitions)")
 
     async with Producer(ProducerSettings(kafka=kafka, default_topic=topic)) as producer:
         first = _order(0)
         landed = await producer.publish(first)
         echo(f"publish      {first.type} {first.id} -> partition {landed.partition} offset {landed.offset}")
-
         # A follow-up published "while handling" the first: ids are inherited, not passed.
         with caused_by(first.id, first.correlation_id or first.id):
-            paid = Event(
-                type="demo.order.paid.v1",
-                source=SOURCE,
-                key=first.key,
-                data={"order_id": "order-0", "amount_cents": 1000},
-            )
-        landed_paid = await producer.publish(paid)
+            paid = Event(type="demo.order.paid.v1", source=SOURCE, key=first.key,
+                         data={"order_id": "order-0", "amount_cents": 1000})
+        await producer.publish(paid)
         echo(f"follow-up    {paid.type} correlation={paid.correlation_id} causation={paid.causation_id}")
-
         orders = [_order(n) for n in range(1, count + 1)]
         started = time.perf_counter()
         report = await producer.publish_many(orders)
@@ -62,46 +94,70 @@ async def run_demo(kafka: KafkaSettings, *, topic: str, count: int, echo: Callab
         echo(f"publish_many {len(report.published)} events acknowledged in {elapsed:.3f}s "
              f"({len(report.published) / elapsed:,.0f} events/s)")
 
-    wanted = [landed, landed_paid, *report.published]
-    seen = await _read_back(kafka, topic, wanted)
-    echo(f"read back    {len(seen)}/{len(wanted)} events with a plain aiokafka consumer")
-    for event, partition, offset in seen[:3]:
-        echo(f"  p{partition}@{offset} {event.type} key={event.key} id={event.id}")
-    sequence: dict[str, list[int]] = {}
-    for event, _, _ in seen:
-        if event.type == "demo.order.created.v1":
-            sequence.setdefault(event.key or "", []).append(int(event.data["order_id"].split("-")[1]))
-    in_order = all(s == sorted(s) for s in sequence.values())
-    echo(f"per-key order kept for {len(sequence)} keys: {'yes' if in_order else 'NO'}")
-    if len(seen) != len(wanted) or not in_order:
+    ours = {first.id, paid.id, *(o.id for o in orders)}
+    declined = next(o for o in [first, *orders] if o.data["order_id"] == DECLINED_ORDER)
+    charged: dict[str, list[int]] = {}
+    settings = ConsumerSettings(
+        kafka=kafka, database=database, group_id=GROUP, topics=(topic,), max_attempts=3, backoff_initial_s=0.2,
+    )
+    echo(f"consume      daemon for group {GROUP} (burst mode); {DECLINED_ORDER} will fail 3 times")
+    started = time.perf_counter()
+    await Consumer(demo_app(topic, charged), settings).run(until_idle=True)
+    echo(f"consume      caught up in {time.perf_counter() - started:.1f}s")
+
+    letter = await _find_dead_letter(kafka, f"{topic}.dlt", declined.id)
+    echo(f"dead letter  {topic}.dlt partition {letter['partition']} offset {letter['offset']}:")
+    for name in ("ce_id", "eventq-dlt-topic", "eventq-dlt-offset", "eventq-dlt-reason", "eventq-dlt-attempts",
+                 "eventq-dlt-error-type", "eventq-dlt-error-message"):
+        echo(f"  {name:25} {letter['headers'].get(name, b'').decode()}")
+
+    conn = await connect(database)
+    try:
+        rows = await conn.fetch(
+            "SELECT event_id::text AS id, outcome FROM processed_events WHERE consumer_group = $1 "
+            "AND event_id = ANY($2::uuid[])", GROUP, list(ours),
+        )
+    finally:
+        await conn.close()
+    outcomes = {r["id"]: r["outcome"] for r in rows}
+    handled = sum(1 for o in outcomes.values() if o == "handled")
+    echo(f"recorded     {len(outcomes)}/{len(ours)} events in processed_events "
+         f"({handled} handled, {len(outcomes) - handled} dead-lettered)")
+    in_order = all(s == sorted(s) for s in charged.values())
+    echo(f"per-key order kept for {len(charged)} customers: {'yes' if in_order else 'NO'}")
+    if len(outcomes) != len(ours) or outcomes.get(declined.id) != "dead_lettered" or not in_order:
         raise SystemExit(1)
 
 
-async def _read_back(
-    kafka: KafkaSettings, topic: str, published: list[Published], timeout_s: float = 30.0
-) -> list[tuple[Event, int, int]]:
-    """Read from the first offset published in each partition until every id is seen."""
-    ids = {p.event_id for p in published}
-    start: dict[TopicPartition, int] = {}
-    for p in published:
-        tp = TopicPartition(topic, p.partition)
-        start[tp] = min(start.get(tp, p.offset), p.offset)
+async def _find_dead_letter(
+    kafka: KafkaSettings, topic: str, event_id: str, timeout_s: float = 30.0
+) -> dict[str, Any]:
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await admin.start()
+    try:
+        [description] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
     consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
-        consumer.assign(list(start))
-        for tp, offset in start.items():
-            consumer.seek(tp, offset)
-        found: list[tuple[Event, int, int]] = []
+        tps = [TopicPartition(topic, p["partition"]) for p in description["partitions"]]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
         deadline = time.monotonic() + timeout_s
-        while len(found) < len(ids) and time.monotonic() < deadline:
+        found = None
+        while time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            if not batches and found is not None:
+                break
             for records in batches.values():
                 for record in records:
-                    event = decode(record.key, record.value, record.headers)
-                    if event.id in ids:
-                        found.append((event, record.partition, record.offset))
-        found.sort(key=lambda item: (item[1], item[2]))
+                    headers = {name: value for name, value in record.headers}
+                    if headers.get("ce_id") == event_id.encode():
+                        found = {"partition": record.partition, "offset": record.offset, "headers": headers}
+        if found is None:
+            raise SystemExit(f"no dead letter for {event_id} in {topic}")
         return found
     finally:
         await consumer.stop()
+
