@@ -3,8 +3,10 @@
 The folder reads like the pipeline: :mod:`~eventq.consumers.app` (handlers by event
 type) → :mod:`~eventq.consumers.daemon` (fetch, dispatch per partition, commit) →
 :mod:`~eventq.consumers.processor` (run handlers, retries) →
-:mod:`~eventq.consumers.deadletter` (failed records) → :mod:`~eventq.consumers.store`
-(``processed_events``). :mod:`~eventq.consumers.health` serves liveness/readiness.
+:mod:`~eventq.consumers.deadletter` (failed records) and :mod:`~eventq.consumers.retrytopics` (non-blocking retries) →
+:mod:`~eventq.consumers.store` (``processed_events``). :mod:`~eventq.consumers.health`
+tracks outages and serves liveness/readiness; :mod:`~eventq.consumers.hooks` is the
+extension point.
 """
 
 from eventq.consumers.app import App, Handler

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 import asyncpg
@@ -37,6 +36,7 @@ from aiokafka import errors as ke
 
 from eventq.consumers import store
 from eventq.consumers.app import App
+from eventq.consumers.committer import Committer, Recorder
 from eventq.consumers.deadletter import DeadLetterSink, dead_letter_headers
 from eventq.consumers.health import HealthServer, Status, with_database
 from eventq.consumers.hooks import Hooks
@@ -88,13 +88,8 @@ class Consumer:
         self._interrupts: dict[TopicPartition, Interrupt] = {}
         self._paused: set[TopicPartition] = set()
         self._slice_done = asyncio.Event()
-        self._to_commit: dict[TopicPartition, int] = {}
-        self._commit_wanted = asyncio.Event()
-        self._commit_lock = asyncio.Lock()
-        self._committer: asyncio.Task[None] | None = None
-        self._rows: list[store.Processed] = []
-        self._row_waiters: list[asyncio.Future[None]] = []
-        self._recorder: asyncio.Task[None] | None = None
+        self._committer: Committer | None = None
+        self._recorder: Recorder | None = None
         self._dead_letter_topics: dict[str, str] = {}
         self._retry_topics: frozenset[str] = frozenset()
 
@@ -117,14 +112,6 @@ class Consumer:
             await self._fetch_loop(until_idle=until_idle)
         finally:
             await self._shutdown()
-
-    async def __aenter__(self) -> Consumer:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     async def _start(self) -> None:
         s = self.settings
@@ -151,7 +138,10 @@ class Consumer:
             app=self.app, settings=s, group=self.group, producer=self._producer, pool=self._pool, status=self.status
         )
         self._processor.retry_topics = self._retry_topics
-        self._committer = asyncio.create_task(self._commit_loop(), name="eventq-committer")
+        assert self._consumer is not None
+        self._recorder = Recorder(self._pool, self.group, self.status)
+        self._committer = Committer(self._consumer, self.hooks, self.status)
+        self._committer.start()
         if s.health_port is not None:
             self.health = HealthServer(self.status, s.health_host, s.health_port)
             await self.health.start()
@@ -220,13 +210,13 @@ class Consumer:
         if running:
             log.info("consumer.draining", slices=len(running), grace_s=self.settings.shutdown_grace_s)
             await self._finish(running)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(max(5.0, self.settings.shutdown_grace_s)):
-                await self._commit_now()
         if self._committer is not None:
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
+            try:
+                async with asyncio.timeout(max(5.0, self.settings.shutdown_grace_s)):
+                    await self._committer.commit_now()
+            except (TimeoutError, ke.KafkaError) as exc:
+                log.warning("consumer.final_commit_failed", error_type=type(exc).__name__, error=str(exc))
+            await self._committer.stop()
         await self._close_clients()
         log.info("consumer.stopped", group=self.group)
 
@@ -346,11 +336,12 @@ class Consumer:
             if result.letters or result.handoffs:
                 await self._send_dead_letters(result)
             if result.rows:
-                await self._record(result.rows)
+                assert self._recorder is not None
+                await self._recorder.record(result.rows)
             await self.hooks.after_record(tp.topic, tp.partition, result)
             if result.next_offset > items[0].record.offset:
-                self._to_commit[tp] = result.next_offset
-                self._commit_wanted.set()
+                assert self._committer is not None
+                self._committer.offer(tp, result.next_offset)
             if result.next_offset <= items[-1].record.offset:
                 # Interrupted: the rest of the slice must be fetched again, not skipped.
                 consumer = self._consumer
@@ -394,87 +385,20 @@ class Consumer:
             self.status.broker_up()
             return
 
-    async def _record(self, rows: list[store.Processed]) -> None:
-        """Write rows; rows of slices finishing together go in one statement."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._rows.extend(rows)
-        self._row_waiters.append(waiter)
-        if self._recorder is None or self._recorder.done():
-            self._recorder = asyncio.create_task(self._record_loop())
-        await waiter
-
-    async def _record_loop(self) -> None:
-        while self._row_waiters:
-            rows, waiters = self._rows, self._row_waiters
-            self._rows, self._row_waiters = [], []
-            try:
-                await with_database(self.status, lambda: store.record(self._pool, self.group, rows))  # noqa: B023
-            except Exception as exc:
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
-                continue
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    # -- committing ----------------------------------------------------------------
-
-    async def _commit_loop(self) -> None:
-        while True:
-            await self._commit_wanted.wait()
-            self._commit_wanted.clear()
-            await self._commit_now()
-
-    async def _commit_now(self, only: set[TopicPartition] | None = None) -> None:
-        """Commit recorded positions; waits out broker outages; drops partitions no longer ours."""
-        async with self._commit_lock:
-            while True:
-                consumer = self._consumer
-                if consumer is None:
-                    return
-                assigned = consumer.assignment()
-                offsets = {
-                    tp: offset for tp, offset in self._to_commit.items()
-                    if tp in assigned and (only is None or tp in only)
-                }
-                if not offsets:
-                    return
-                await self.hooks.before_commit({(tp.topic, tp.partition): o for tp, o in offsets.items()})
-                try:
-                    await consumer.commit(offsets)
-                except (ke.CommitFailedError, ke.IllegalStateError, ke.RebalanceInProgressError) as exc:
-                    # Partitions moved to another member, which resumes from the last
-                    # committed offset and skips what was recorded.
-                    log.warning("consumer.commit_rejected", error_type=type(exc).__name__, error=str(exc))
-                    for tp in offsets:
-                        if self._to_commit.get(tp) == offsets[tp]:
-                            del self._to_commit[tp]
-                    return
-                except ke.KafkaError as exc:
-                    await self.status.broker_down(exc, "commit")
-                    continue
-                self.status.broker_up()
-                for tp, offset in offsets.items():
-                    if self._to_commit.get(tp) == offset:
-                        del self._to_commit[tp]
-                log.debug("consumer.committed", offsets={f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
-                return
-
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked & set(self._interrupts):
             self._interrupts[tp].set()
         running = [task for tp, task in self._slices.items() if tp in revoked]
         if running:
             await self._finish(running)
-        try:
-            async with asyncio.timeout(self.settings.session_timeout_s):
-                await self._commit_now(only=revoked)
-        except TimeoutError:
-            log.warning("consumer.revoke_commit_timeout", partitions=len(revoked))
-        for tp in revoked:
-            self._to_commit.pop(tp, None)
-            self._paused.discard(tp)
+        if self._committer is not None:
+            try:
+                async with asyncio.timeout(self.settings.session_timeout_s):
+                    await self._committer.commit_now(only=revoked)
+            except TimeoutError:
+                log.warning("consumer.revoke_commit_timeout", partitions=len(revoked))
+            self._committer.forget(revoked)
+        self._paused -= revoked
         log.info("consumer.partitions_revoked", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
 
 

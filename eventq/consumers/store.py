@@ -8,8 +8,9 @@ event to the group (topic retention, or how far offsets can be reset), or a very
 redelivery would run its handler again.
 
 Queries follow the measured limits in the project's field notes: one
-``= ANY($1::uuid[])`` lookup per batch, one ``INSERT … SELECT unnest(…) ON CONFLICT
-DO NOTHING`` per batch, UUIDv7 keys so the primary-key index stays append-mostly.
+``event_id = ANY(…)`` lookup per batch, one ``INSERT … SELECT unnest(…) ON CONFLICT
+DO NOTHING`` per batch, the primary key led by the time-ordered (UUIDv7) event id so
+lookups are index probes and inserts append (docs/adr/0006-consumer-daemon.md).
 """
 
 from __future__ import annotations
