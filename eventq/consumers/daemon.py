@@ -143,7 +143,7 @@ class Consumer:
         self._committer = Committer(self._consumer, self.hooks, self.status)
         self._committer.start()
         if s.health_port is not None:
-            self.health = HealthServer(self.status, s.health_host, s.health_port)
+            self.health = HealthServer(self.status, s.health_host, s.health_port, probe=self._probe)
             await self.health.start()
         log.info(
             "consumer.started", group=self.group, topics=list(self.topics), ordering=s.ordering,
@@ -220,6 +220,29 @@ class Consumer:
         await self._close_clients()
         log.info("consumer.stopped", group=self.group)
 
+    async def _probe(self) -> None:
+        """Ask PostgreSQL and Kafka whether they answer now (for /readyz)."""
+        try:
+            async with asyncio.timeout(2):
+                await self._pool.fetchval("SELECT 1")
+        except Exception as exc:  # any failure means not ready; the reason is logged once
+            if self.status.database_ok:
+                self.status.database_ok = False
+                log.warning("database.unavailable", error_type=type(exc).__name__, error=str(exc))
+        else:
+            self.status.database_up()
+        try:
+            async with asyncio.timeout(2):
+                assert self._consumer is not None
+                await self._consumer.topics()
+        except Exception as exc:
+            if self.status.broker_ok:
+                self.status.broker_ok = False
+                log.warning("broker.unavailable", operation="health_probe", error_type=type(exc).__name__,
+                            error=str(exc))
+        else:
+            self.status.broker_up()
+
     async def _close_clients(self) -> None:
         if self.health is not None:
             await self.health.stop()
@@ -294,9 +317,14 @@ class Consumer:
             consumer.pause(*busy)
             self._paused.update(busy)
         if set(consumer.assignment()) <= self._paused:
-            with contextlib.suppress(ke.KafkaError):
+            try:
                 stray = await consumer.getmany(timeout_ms=0)
-                assert not stray, "paused partitions returned records"
+            except ke.KafkaError:
+                return
+            # A rebalance during that call may have assigned new (unpaused) partitions:
+            # their records are ours now and must be processed, not dropped.
+            if stray and not self._stopping.is_set():
+                self._dispatch(stray)
 
     async def _caught_up(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> bool:
         try:
@@ -312,6 +340,10 @@ class Consumer:
         slices: dict[TopicPartition, list[Item]] = {}
         ids: list[str] = []
         for tp, batch in records.items():
+            if tp in self._slices:  # cannot happen by construction; never process a partition twice at once
+                assert self._consumer is not None
+                self._consumer.seek(tp, batch[0].offset)
+                continue
             items = decode_items(batch, self.app, self.registry, self._producer.settings.max_event_bytes)
             slices[tp] = items
             ids.extend(item.event.id for item in items if item.event is not None)

@@ -1,8 +1,9 @@
 """Daemon health: what state it is in, logged once per change, served over HTTP.
 
 ``GET /livez``  200 while the fetch loop has turned within the last 30 s, else 503.
-``GET /readyz`` 200 when partitions are assigned and neither Kafka nor PostgreSQL is
-known to be failing, else 503. Both answer with a small JSON body saying why.
+``GET /readyz`` 200 when partitions are assigned and Kafka and PostgreSQL both answer
+(each is asked, with a 2 s limit, when the request comes), else 503. Both answer with
+a small JSON body saying why.
 
 The server is a few lines on :func:`asyncio.start_server`: two fixed GET routes do
 not justify a web framework dependency (docs/adr/0006-consumer-daemon.md).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -105,10 +107,13 @@ async def with_database(status: Status, operation: Any) -> Any:
 class HealthServer:
     """Serves ``/livez`` and ``/readyz`` for one :class:`Status`."""
 
-    def __init__(self, status: Status, host: str, port: int) -> None:
+    def __init__(
+        self, status: Status, host: str, port: int, probe: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self.status = status
         self.host = host
         self.port = port
+        self._probe = probe  # checks the services now (updating ``status``) before /readyz answers
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -127,6 +132,8 @@ class HealthServer:
             request = await asyncio.wait_for(reader.readline(), 5)
             parts = request.decode("latin-1").split()
             path = parts[1] if len(parts) >= 2 else ""
+            if path == "/readyz" and self._probe is not None:
+                await self._probe()
             state = self.status.as_dict()
             if path == "/livez":
                 ok = state["live"]

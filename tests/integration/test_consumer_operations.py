@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from eventq.config import KafkaSettings
 from eventq.consumers import App, Consumer, Context
+from eventq.devstack.kafka import KafkaBroker
 from eventq.kafka import create_topics
 from eventq.schemas import Event
 from tests.conftest import Reader, TopicFactory
@@ -157,29 +158,40 @@ async def test_a_database_outage_pauses_the_daemon_which_resumes_without_loss(
     assert names.count("database.unavailable") == 1 and names.count("database.recovered") == 1
 
 
-async def test_health_endpoint_reports_live_and_ready_once_partitions_are_assigned(
+async def test_health_endpoint_reports_live_and_ready_and_not_ready_while_the_database_is_away(
     kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory
 ) -> None:
-    """/livez answers 200 while the loop runs; /readyz 200 once partitions are assigned and services reachable."""
+    """/livez is 200 while the loop runs; /readyz 200 once assigned, 503 while PostgreSQL is unreachable, 200 after."""
     topic = await new_topic(partitions=2)
+    host_port = database.split("@", 1)[1].split("/", 1)[0]
+    proxy = TcpProxy(host_port.split(":")[0], int(host_port.split(":")[1]))
+    await proxy.start()
     app = App("t", topics=[topic])
 
     @app.handler(ORDER)
     async def handle(event: Event, ctx: Context) -> None:
         pass
 
-    daemon = Consumer(app, consumer_settings(kafka_settings, database, topic, health_port=0))
+    proxied = database.replace(host_port, f"127.0.0.1:{proxy.port}")
+    daemon = Consumer(app, consumer_settings(kafka_settings, proxied, topic, health_port=0))
     running = asyncio.create_task(daemon.run())
     await wait_for(lambda: _has_health(daemon))
     assert daemon.health is not None
     port = daemon.health.port
     live = await _get(port, "/livez")
     ready = await wait_for(lambda: _ready(port))
+    await proxy.cut()
+    away = await _get(port, "/readyz")
+    await proxy.heal()
+    back = await wait_for(lambda: _ready(port))
     daemon.stop()
     await running
+    await proxy.cut()
 
     assert live.startswith("HTTP/1.1 200")
     assert '"assigned_partitions":2' in ready
+    assert away.startswith("HTTP/1.1 503") and '"database_ok":false' in away
+    assert '"database_ok":true' in back
 
 
 async def test_eventq_consume_runs_until_idle_and_stops_cleanly_on_sigterm(
@@ -287,3 +299,44 @@ async def _get(port: int, path: str) -> str:
 async def _ready(port: int) -> str | None:
     response = await _get(port, "/readyz")
     return response if response.startswith("HTTP/1.1 200") else None
+
+
+@pytest.mark.slow
+async def test_a_broker_outage_pauses_the_daemon_which_resumes_without_loss(
+    broker: KafkaBroker, database: str
+) -> None:
+    """Its broker stopped for a few seconds mid-stream and restarted: the daemon carries on, one row per event."""
+    await asyncio.to_thread(broker.start)
+    kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{broker.port}")
+    topic = "outage.orders"
+    await create_topics(kafka, [topic], partitions=3)
+    first, second = [order(n) for n in range(300)], [order(n) for n in range(300, 600)]
+    await publish(kafka, topic, first)
+    app = App("t", topics=[topic])
+    handled: Counter[str] = Counter()
+
+    @app.handler(ORDER)
+    async def handle(event: Event, ctx: Context) -> None:
+        handled[event.id] += 1
+
+    settings = consumer_settings(kafka, database, topic)
+    daemon = Consumer(app, settings)
+    running = asyncio.create_task(daemon.run())
+    await wait_for(lambda: _row_count_is(database, settings.group_id or "", 300), timeout=60)
+    await asyncio.to_thread(broker.stop)
+    await asyncio.sleep(3)
+    assert not running.done()  # the daemon does not die with its broker
+    await asyncio.to_thread(broker.start)
+    await publish(kafka, topic, second)
+    await wait_for(lambda: _row_count_is(database, settings.group_id or "", 600), timeout=90)
+    await wait_for(lambda: _committed_total_is(kafka, settings.group_id or "", topic, 600), timeout=60)
+    daemon.stop()
+    await running
+
+    recorded = Counter(r["event_id"] for r in await rows(database, settings.group_id or ""))
+    assert recorded == Counter({e.id: 1 for e in first + second})
+    assert set(handled) == {e.id for e in first + second}
+
+
+async def _committed_total_is(kafka: KafkaSettings, group: str, topic: str, total: int) -> bool:
+    return sum((await committed(kafka, group, topic)).values()) == total
