@@ -26,6 +26,7 @@ from eventq.config import KafkaSettings
 from eventq.consumers import store
 from eventq.database import DEFAULT_DATABASE_URL, DatabaseSettings, connect
 from eventq.devstack.commands import dev
+from eventq.dlq.commands import dlq
 from eventq.errors import EventqError
 from eventq.kafka import create_topics
 from eventq.producers import Producer, ProducerSettings
@@ -103,6 +104,7 @@ def main(log_json: bool | None, log_level: str) -> None:
 
 
 main.add_command(dev)
+main.add_command(dlq)
 
 
 def _settings(bootstrap_servers: str) -> KafkaSettings:

@@ -4,10 +4,10 @@
 2. Run a consumer daemon (burst mode) whose handler "charges" each order; one order
    always fails (the payment provider declines it): it is retried with back-off and
    then dead-lettered, while every other event is handled once and recorded.
-3. Show the dead letter as it sits in ``<topic>.dlt``, and check the guarantees:
-   one ``processed_events`` row per event, per-key order kept, offsets committed.
-
-Later parts of eventq extend it (replay of the dead letter after a fix).
+3. Show the dead letter as it sits in ``<topic>.dlt``.
+4. "Fix" the handler (the provider now accepts the order), replay the dead letter with
+   ``eventq.dlq.replay`` and run the daemon again: the order is charged, its row turns
+   from ``dead_lettered`` into ``handled``, and every event has exactly one row.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from eventq.config import KafkaSettings
 from eventq.consumers import App, Consumer, ConsumerSettings, Context, store
 from eventq.database import DatabaseSettings, connect
+from eventq.dlq import Filters, replay
 from eventq.kafka import create_topics
 from eventq.producers import Producer, ProducerSettings
 from eventq.schemas import Event, caused_by
@@ -46,13 +47,13 @@ def _order(n: int) -> Event:
     )
 
 
-def demo_app(topic: str, charged: dict[str, list[int]]) -> App:
-    """The demo's handlers: charge orders (one is always declined), note payments."""
+def demo_app(topic: str, charged: dict[str, list[int]], *, fixed: bool = False) -> App:
+    """The demo's handlers: charge orders (one is declined until ``fixed``), note payments."""
     app = App(GROUP, topics=[topic])
 
     @app.handler("demo.order.created.v1")
     async def charge(event: Event, ctx: Context) -> None:
-        if event.data["order_id"] == DECLINED_ORDER:
+        if event.data["order_id"] == DECLINED_ORDER and not fixed:
             raise RuntimeError(f"payment provider declined {DECLINED_ORDER} (card expired)")
         charged.setdefault(event.key or "", []).append(int(event.data["order_id"].split("-")[1]))
 
@@ -111,6 +112,18 @@ async def run_demo(
                  "eventq-dlt-error-type", "eventq-dlt-error-message"):
         echo(f"  {name:25} {letter['headers'].get(name, b'').decode()}")
 
+    # Order per key is checked on the first pass: a replayed event arrives after its
+    # key's later events by nature (the README says what order is and is not kept).
+    in_order = all(s == sorted(s) for s in charged.values())
+    keys = len(charged)
+    charged_before = sum(len(v) for v in charged.values())
+    echo(f"fix          the customer updated the card: {DECLINED_ORDER} will be accepted now")
+    replayed = await replay(kafka, f"{topic}.dlt", Filters(correlation_id=declined.correlation_id))
+    echo(f"replay       {replayed.summary()} [run {replayed.run}]")
+    await Consumer(demo_app(topic, charged, fixed=True), settings).run(until_idle=True)
+    echo(f"consume      charged {sum(len(v) for v in charged.values()) - charged_before} more order(s) "
+         f"after the replay")
+
     conn = await connect(database)
     try:
         rows = await conn.fetch(
@@ -123,9 +136,8 @@ async def run_demo(
     handled = sum(1 for o in outcomes.values() if o == "handled")
     echo(f"recorded     {len(outcomes)}/{len(ours)} events in processed_events "
          f"({handled} handled, {len(outcomes) - handled} dead-lettered)")
-    in_order = all(s == sorted(s) for s in charged.values())
-    echo(f"per-key order kept for {len(charged)} customers: {'yes' if in_order else 'NO'}")
-    if len(outcomes) != len(ours) or outcomes.get(declined.id) != "dead_lettered" or not in_order:
+    echo(f"per-key order kept for {keys} customers (first pass): {'yes' if in_order else 'NO'}")
+    if len(outcomes) != len(ours) or outcomes.get(declined.id) != "handled" or not in_order:
         raise SystemExit(1)
 
 

@@ -123,6 +123,23 @@ async def create_topics(
         await admin.close()
 
 
+async def partition_counts(settings: KafkaSettings, topics: Iterable[str]) -> dict[str, int]:
+    """How many partitions each existing topic among ``topics`` has (missing ones are left out)."""
+    wanted = list(dict.fromkeys(topics))
+    admin = AIOKafkaAdminClient(**settings.client_kwargs())
+    try:
+        try:
+            await admin.start()
+        except (ke.KafkaConnectionError, ke.KafkaTimeoutError, OSError) as exc:
+            raise BrokerUnavailable(
+                ",".join(wanted), f"cannot reach a Kafka broker at {settings.bootstrap_servers}"
+            ) from exc
+        descriptions: Any = await admin.describe_topics(wanted)
+    finally:
+        await admin.close()
+    return {d["topic"]: len(d["partitions"]) for d in descriptions if d["error_code"] == 0 and d["partitions"]}
+
+
 async def _until_listed(admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float = 10.0) -> None:
     # The controller answers before every broker's metadata lists the new topic;
     # returning only once it is listed lets callers publish to it straight away.

@@ -44,7 +44,7 @@ from eventq.consumers.processor import Interrupt, Item, Processor, SliceResult, 
 from eventq.consumers.retrytopics import retry_topic
 from eventq.consumers.settings import ConsumerSettings
 from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
-from eventq.kafka import create_topics
+from eventq.kafka import create_topics, partition_counts
 from eventq.producers.producer import Producer
 from eventq.producers.settings import ProducerSettings
 from eventq.schemas.registry import SchemaRegistry
@@ -161,6 +161,8 @@ class Consumer:
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=max(100, int(s.session_timeout_s * 1000 / 3)),
             max_poll_interval_ms=int(s.max_poll_interval_s * 1000),
+            # Records of aborted transactions (an interrupted `eventq dlq replay`) are never seen.
+            isolation_level="read_committed",
             fetch_max_wait_ms=min(500, int(s.max_batch_timeout_s * 1000)),
         )
         try:
@@ -193,8 +195,9 @@ class Consumer:
                 f"topic(s) {', '.join(missing_derived)} do not exist; create them (eventq topics create "
                 f"{' '.join(missing_derived)}) or allow EVENTQ_CREATE_TOPICS"
             )
+        counts = await partition_counts(s.kafka, set(derived.values())) if missing_derived else {}
         for name in missing_derived:
-            partitions = len(consumer.partitions_for_topic(derived[name]) or ()) or 1
+            partitions = counts.get(derived[name], 1)
             try:
                 await create_topics(s.kafka, [name], partitions=partitions)
             except EventqError as exc:
@@ -353,14 +356,14 @@ class Consumer:
             self._slices[tp] = asyncio.create_task(self._slice(tp, items, seen), name=f"eventq-slice-{tp}")
         log.debug("consumer.batch_fetched", records=sum(len(v) for v in slices.values()), partitions=len(slices))
 
-    async def _dedupe(self, ids: list[str]) -> set[str]:
+    async def _dedupe(self, ids: list[str]) -> dict[str, str]:
         return await with_database(  # type: ignore[no-any-return]
-            self.status, lambda: store.already_processed(self._pool, self.group, ids)
+            self.status, lambda: store.finished(self._pool, self.group, ids)
         )
 
     # -- one partition's slice -------------------------------------------------------
 
-    async def _slice(self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[set[str]]) -> None:
+    async def _slice(self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[dict[str, str]]) -> None:
         assert self._processor is not None
         try:
             result = await self._processor.run(items, await asyncio.shield(seen), self._interrupts[tp])

@@ -23,7 +23,8 @@ import asyncio
 import contextlib
 import dataclasses
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +51,8 @@ from eventq.schemas.correlation import caused_by, enter_cause, exit_cause
 from eventq.schemas.envelope import Event, decode
 
 log = structlog.get_logger("eventq.consumer")
+
+REPLAY_COUNT_HEADER = "eventq-replay-count"  # set by eventq.dlq.replay
 
 
 class Item:
@@ -105,6 +108,11 @@ class SliceResult:
     duplicates: int = 0
 
 
+def is_replayed(record: Any) -> bool:
+    """True if the record was republished from a dead-letter topic (``eventq dlq replay``)."""
+    return any(name == REPLAY_COUNT_HEADER for name, _ in record.headers or ())
+
+
 def backoff_delay(attempt: int, settings: ConsumerSettings) -> float:
     """Delay before attempt ``attempt + 1``: initial·2^(attempt-1), capped at the maximum, then ± jitter."""
     delay: float = min(settings.backoff_max_s, settings.backoff_initial_s * 2.0 ** min(attempt - 1, 62))
@@ -134,19 +142,32 @@ class Processor:
         self.status = status
         self.retry_topics: frozenset[str] = frozenset()  # set by the daemon
 
-    async def run(self, items: Sequence[Item], seen: set[str], interrupt: Interrupt | None = None) -> SliceResult:
+    async def run(
+        self,
+        items: Sequence[Item],
+        seen: Mapping[str, str] | AbstractSet[str],
+        interrupt: Interrupt | None = None,
+    ) -> SliceResult:
         """Process one partition's records (offset order); see the module docstring.
 
-        If ``interrupt`` is set, no further handler starts; ``next_offset`` of the result
+        ``seen`` maps the ids the group already finished to their outcome: those events
+        are skipped, except a replayed dead letter whose row says ``dead_lettered``. If
+        ``interrupt`` is set, no further handler starts; ``next_offset`` of the result
         then points at the first unfinished record.
         """
+        if not isinstance(seen, Mapping):
+            seen = dict.fromkeys(seen, "handled")
         result = SliceResult()
         todo: list[Item] = []
         in_slice: set[str] = set()
         stop = interrupt or Interrupt()
         for item in items:
             event = item.event
-            if event is not None and (event.id in seen or event.id in in_slice):
+            outcome = seen.get(event.id) if event is not None else None
+            if event is not None and (
+                (outcome is not None and not (outcome == "dead_lettered" and is_replayed(item.record)))
+                or event.id in in_slice
+            ):
                 result.duplicates += 1
                 item.done = True
             elif event is None or item.invalid is not None:

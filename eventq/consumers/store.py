@@ -101,33 +101,49 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
 
 async def already_processed(db: Executor, group: str, event_ids: Sequence[str]) -> set[str]:
     """The ids among ``event_ids`` that ``group`` has finished (one query per batch)."""
+    return set(await finished(db, group, event_ids))
+
+
+async def finished(db: Executor, group: str, event_ids: Sequence[str]) -> dict[str, str]:
+    """Outcome (handled, dead_lettered, skipped) of each id among ``event_ids`` that ``group`` finished."""
     if not event_ids:
-        return set()
+        return {}
     # Ids travel as one comma-joined text parameter: asyncpg's per-element array
     # encoding cost more than the query itself (see docs/benchmarks.md).
     rows = await db.fetch(
-        "SELECT event_id::text FROM processed_events "
+        "SELECT event_id::text, outcome FROM processed_events "
         "WHERE event_id = ANY(string_to_array($2, ',')::uuid[]) AND consumer_group = $1",
         group,
         ",".join(event_ids),
     )
-    return {row[0] for row in rows}
+    return {row[0]: row[1] for row in rows}
+
+
+# A replayed dead letter that is handled turns its 'dead_lettered' row into 'handled';
+# every other existing row is kept as it is.
+_ON_CONFLICT = (
+    "ON CONFLICT (event_id, consumer_group) DO UPDATE SET outcome = EXCLUDED.outcome, topic = EXCLUDED.topic, "
+    'partition = EXCLUDED.partition, "offset" = EXCLUDED."offset", processed_at = now() '
+    "WHERE processed_events.outcome = 'dead_lettered' AND EXCLUDED.outcome = 'handled'"
+)
 
 
 async def record(db: Executor, group: str, events: Sequence[Processed]) -> None:
-    """Record finished events in one statement; rows that exist already are kept as they are.
+    """Record finished events in one statement.
 
-    Pass a connection inside a transaction to make the rows part of that transaction.
+    Rows that exist are kept as they are, except that a ``dead_lettered`` row becomes
+    ``handled`` (a replayed dead letter was handled). Pass a connection inside a
+    transaction to make the rows part of that transaction.
     """
     if not events:
         return
-    # Columns as comma-joined text (see already_processed); topic names cannot
-    # contain commas (Kafka allows only [a-zA-Z0-9._-]), and outcomes are fixed words.
+    # Columns as comma-joined text (see finished); topic names cannot contain commas
+    # (Kafka allows only [a-zA-Z0-9._-]), and outcomes are fixed words.
     await db.execute(
         "INSERT INTO processed_events (consumer_group, event_id, topic, partition, \"offset\", outcome) "
         "SELECT $1, * FROM unnest(string_to_array($2, ',')::uuid[], string_to_array($3, ','), "
         "string_to_array($4, ',')::integer[], string_to_array($5, ',')::bigint[], string_to_array($6, ',')) "
-        "ON CONFLICT (consumer_group, event_id) DO NOTHING",
+        + _ON_CONFLICT,
         group,
         ",".join([e.event_id for e in events]),
         ",".join([e.topic for e in events]),
@@ -138,7 +154,7 @@ async def record(db: Executor, group: str, events: Sequence[Processed]) -> None:
 
 
 async def claim(conn: Executor, group: str, event: Processed) -> bool:
-    """Insert one row unless it exists; True if this call inserted it.
+    """Insert one row unless it exists (a ``dead_lettered`` row is taken over); True if this call got it.
 
     Used first thing inside a transactional handler's transaction: a concurrent
     claimant of the same event waits on the row lock and then gets False, so the
@@ -146,7 +162,7 @@ async def claim(conn: Executor, group: str, event: Processed) -> bool:
     """
     rows = await conn.fetch(
         "INSERT INTO processed_events (consumer_group, event_id, topic, partition, \"offset\", outcome) "
-        "VALUES ($1, $2::uuid, $3, $4, $5, $6) ON CONFLICT (consumer_group, event_id) DO NOTHING RETURNING 1",
+        "VALUES ($1, $2::uuid, $3, $4, $5, $6) " + _ON_CONFLICT + " RETURNING 1",
         group,
         event.event_id,
         event.topic,

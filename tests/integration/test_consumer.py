@@ -56,6 +56,8 @@ async def test_every_event_is_handled_once_recorded_once_and_committed_to_the_en
     assert sorted(r["event_id"] for r in recorded) == sorted(e.id for e in events)
     assert {r["outcome"] for r in recorded} == {"handled"}
     assert await committed(kafka_settings, settings.group_id or "", topic) == await end_offsets(kafka_settings, topic)
+    # the dead-letter topic was created alongside, with as many partitions as its source
+    assert len(await partitions_of(kafka_settings, f"{topic}.dlt")) == 6
 
 
 async def test_events_the_group_already_recorded_skip_their_handler(

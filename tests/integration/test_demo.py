@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 async def test_the_demo_publishes_consumes_and_dead_letters_the_declined_order(
     kafka_settings: KafkaSettings, database: str
 ) -> None:
-    """`eventq demo` exits 0 after every event is recorded once and the one declined order is dead-lettered."""
+    """`eventq demo` dead-letters the declined order, replays it after the fix, and ends with one handled row each."""
     topic = f"test.demo.{uuid.uuid4().hex[:8]}"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "eventq.cli", "--log-json", "demo", "--topic", topic, "--events", "60",
@@ -30,5 +30,7 @@ async def test_the_demo_publishes_consumes_and_dead_letters_the_declined_order(
     assert proc.returncode == 0, err.decode()[-3000:]
     assert f"dead letter  {topic}.dlt" in text
     assert "eventq-dlt-reason         exhausted" in text
-    assert "recorded     62/62 events in processed_events (61 handled, 1 dead-lettered)" in text
-    assert "per-key order kept for 49 customers: yes" in text  # customer-13 had only the declined order
+    assert "replay       replayed 1 (1 to " in text
+    assert "consume      charged 1 more order(s) after the replay" in text
+    assert "recorded     62/62 events in processed_events (62 handled, 0 dead-lettered)" in text
+    assert "per-key order kept for 49 customers (first pass): yes" in text  # customer-13's only order was declined

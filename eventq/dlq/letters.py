@@ -1,0 +1,325 @@
+"""Reading dead letters: eventq's own headers, and Spring's and Karafka's.
+
+:func:`parse` turns one dead-letter record into a :class:`Letter` whatever wrote it:
+
+- **eventq**: ``eventq-dlt-*`` (see :mod:`eventq.consumers.deadletter`);
+- **Spring for Apache Kafka**: ``kafka_dlt-original-*`` / ``kafka_dlt-exception-*``
+  (DeadLetterPublishingRecoverer) or ``kafka_original-*`` / ``kafka_exception-*``
+  (retry topics); partition, offset and timestamp may be big-endian binary integers;
+- **Karafka**: ``source_*`` (2.5+) or ``original_*`` (before 2.5).
+
+:func:`scan` reads a dead-letter topic from its start (or a given position) up to the
+end it had when the scan began, so a scan always ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from eventq.config import KafkaSettings
+from eventq.consumers.deadletter import PREFIX as EVENTQ_DLT
+from eventq.errors import ConsumerError
+from eventq.kafka import partition_counts
+
+REPLAY_PREFIX = "eventq-replay-"
+REPLAY_COUNT = REPLAY_PREFIX + "count"
+REPLAY_FROM = REPLAY_PREFIX + "from"
+REPLAY_RUN = REPLAY_PREFIX + "run"
+REPLAY_AT = REPLAY_PREFIX + "at"
+
+# header name -> Letter field, per dialect
+_SPRING = {
+    "kafka_dlt-original-topic": "source_topic",
+    "kafka_dlt-original-partition": "source_partition",
+    "kafka_dlt-original-offset": "source_offset",
+    "kafka_dlt-original-timestamp": "source_timestamp",
+    "kafka_dlt-original-consumer-group": "group",
+    "kafka_dlt-exception-fqcn": "error_type",
+    "kafka_dlt-exception-message": "error_message",
+    "kafka_dlt-exception-stacktrace": "stacktrace",
+}
+_SPRING_RETRY = {
+    "kafka_original-topic": "source_topic",
+    "kafka_original-partition": "source_partition",
+    "kafka_original-offset": "source_offset",
+    "kafka_original-timestamp": "source_timestamp",
+    "kafka_original-consumer-group": "group",
+    "kafka_exception-fqcn": "error_type",
+    "kafka_exception-message": "error_message",
+    "kafka_exception-stacktrace": "stacktrace",
+    "retry_topic-attempts": "attempts",
+}
+_KARAFKA = {
+    "source_topic": "source_topic",
+    "source_partition": "source_partition",
+    "source_offset": "source_offset",
+    "source_consumer_group": "group",
+    "source_attempts": "attempts",
+}
+_KARAFKA_OLD = {
+    "original_topic": "source_topic",
+    "original_partition": "source_partition",
+    "original_offset": "source_offset",
+    "original_consumer_group": "group",
+    "original_attempts": "attempts",
+}
+_EVENTQ = {
+    EVENTQ_DLT + "topic": "source_topic",
+    EVENTQ_DLT + "partition": "source_partition",
+    EVENTQ_DLT + "offset": "source_offset",
+    EVENTQ_DLT + "timestamp": "source_timestamp",
+    EVENTQ_DLT + "group": "group",
+    EVENTQ_DLT + "handler": "handler",
+    EVENTQ_DLT + "reason": "reason",
+    EVENTQ_DLT + "attempts": "attempts",
+    EVENTQ_DLT + "first-failure": "first_failure",
+    EVENTQ_DLT + "last-failure": "last_failure",
+    EVENTQ_DLT + "error-type": "error_type",
+    EVENTQ_DLT + "error-message": "error_message",
+    EVENTQ_DLT + "stacktrace": "stacktrace",
+}
+# Checked in this order; the first whose topic header is present wins.
+DIALECTS: tuple[tuple[str, Mapping[str, str]], ...] = (
+    ("eventq", _EVENTQ),
+    ("spring", _SPRING),
+    ("spring-retry", _SPRING_RETRY),
+    ("karafka", _KARAFKA),
+    ("karafka-legacy", _KARAFKA_OLD),
+)
+_INTEGER_FIELDS = {"source_partition", "source_offset", "source_timestamp", "attempts"}
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """One dead letter: where it sits, where it came from, why it failed, and the record itself."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    dialect: str = "unknown"
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    source_timestamp: int | None = None
+    group: str | None = None
+    handler: str | None = None
+    reason: str | None = None
+    attempts: int | None = None
+    first_failure: str | None = None
+    last_failure: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    stacktrace: str | None = None
+    event_id: str | None = None
+    event_type: str | None = None
+    correlation_id: str | None = None
+    replay_count: int = 0
+    replays: tuple[str, ...] = field(default=())  # dead-letter positions it was replayed from before
+
+    @property
+    def time(self) -> datetime:
+        """When it was dead-lettered (the dead-letter record's timestamp)."""
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+
+    @property
+    def position(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+    @property
+    def key_text(self) -> str | None:
+        return self.key.decode("utf-8", "replace") if self.key is not None else None
+
+    def original_headers(self) -> list[tuple[str, bytes]]:
+        """The headers without any dialect's dead-letter headers or eventq's replay headers."""
+        drop: set[str] = set()
+        for name, mapping in DIALECTS:
+            if name == self.dialect:
+                drop.update(mapping)
+        return [
+            (n, v) for n, v in self.headers
+            if n not in drop and not n.startswith(EVENTQ_DLT) and not n.startswith("eventq-retry-")
+            and not n.startswith(REPLAY_PREFIX)
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (bytes as UTF-8 text where they are text, else base64)."""
+        return {
+            "position": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
+            "dead_lettered_at": self.time.isoformat(timespec="milliseconds"),
+            "dialect": self.dialect,
+            "source": {
+                "topic": self.source_topic, "partition": self.source_partition, "offset": self.source_offset,
+                "timestamp": self.source_timestamp, "consumer_group": self.group,
+            },
+            "event": {"id": self.event_id, "type": self.event_type, "correlation_id": self.correlation_id,
+                      "key": self.key_text},
+            "failure": {
+                "reason": self.reason, "handler": self.handler, "attempts": self.attempts,
+                "first": self.first_failure, "last": self.last_failure, "error_type": self.error_type,
+                "message": self.error_message, "stacktrace": self.stacktrace,
+            },
+            "replay": {"count": self.replay_count, "from": list(self.replays)},
+            "payload": _payload(self.value),
+            "headers": {n: _text(v) for n, v in self.headers},
+        }
+
+
+def _text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        import base64
+
+        return "base64:" + base64.b64encode(raw).decode()
+
+
+def _payload(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return _text(raw)
+
+
+def _integer(raw: bytes) -> int | None:
+    text = raw.decode("ascii", "ignore").strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    if len(raw) in (4, 8):  # Spring writes partition (int) and offset/timestamp (long) in binary
+        return int.from_bytes(raw, "big", signed=True)
+    return None
+
+
+def parse(record: Any) -> Letter:
+    """A :class:`Letter` from a consumed dead-letter record (any dialect, or none)."""
+    headers = tuple((n, v if v is not None else b"") for n, v in (record.headers or ()))
+    first: dict[str, bytes] = {}
+    for name, value in headers:
+        first.setdefault(name, value)
+    fields: dict[str, Any] = {}
+    dialect = "unknown"
+    for name, mapping in DIALECTS:
+        topic_header = next(h for h, f in mapping.items() if f == "source_topic")
+        if topic_header in first:
+            dialect = name
+            for header, attribute in mapping.items():
+                if header in first:
+                    raw = first[header]
+                    fields[attribute] = _integer(raw) if attribute in _INTEGER_FIELDS else _text(raw)
+            break
+    replays = tuple(_text(v) or "" for n, v in headers if n == REPLAY_FROM)
+    count = first.get(REPLAY_COUNT)
+    return Letter(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp,
+        key=record.key,
+        value=record.value,
+        headers=headers,
+        dialect=dialect,
+        event_id=_text(first.get("ce_id")),
+        event_type=_text(first.get("ce_type")),
+        correlation_id=_text(first.get("ce_correlationid")),
+        replay_count=(_integer(count) or 0) if count is not None else 0,
+        replays=replays,
+        **fields,
+    )
+
+
+async def partitions_of(kafka: KafkaSettings, topic: str) -> list[TopicPartition]:
+    """The topic's partitions; ConsumerError if it does not exist."""
+    count = (await partition_counts(kafka, [topic])).get(topic)
+    if count is None:
+        raise ConsumerError(f"topic {topic!r} does not exist; list dead-letter topics with 'eventq dlq list'")
+    return [TopicPartition(topic, p) for p in range(count)]
+
+
+@contextlib.asynccontextmanager
+async def admin_client(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client; ConsumerError (retriable) if no broker answers."""
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    try:
+        await admin.start()
+    except Exception as exc:
+        await admin.close()
+        raise ConsumerError(
+            f"cannot reach a Kafka broker at {kafka.bootstrap_servers}; start it (eventq dev up) or fix "
+            "EVENTQ_BOOTSTRAP_SERVERS", retriable=True,
+        ) from exc
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def scan(
+    kafka: KafkaSettings,
+    topic: str,
+    *,
+    start: Mapping[int, int] | int | None = None,
+) -> AsyncIterator[Letter]:
+    """Every dead letter of ``topic`` from ``start`` (partition → offset, or one offset for
+    every partition; default the beginning) up to the end each partition had when the
+    scan began. Within a partition letters come in offset order."""
+    consumer = AIOKafkaConsumer(
+        **kafka.client_kwargs(), enable_auto_commit=False, isolation_level="read_committed", group_id=None
+    )
+    try:
+        await consumer.start()
+    except Exception as exc:
+        await consumer.stop()
+        raise ConsumerError(
+            f"cannot reach a Kafka broker at {kafka.bootstrap_servers} ({type(exc).__name__}); start it "
+            "(eventq dev up) or fix EVENTQ_BOOTSTRAP_SERVERS", retriable=True,
+        ) from exc
+    try:
+        tps = await partitions_of(kafka, topic)
+        ends = await consumer.end_offsets(tps)
+        begins = await consumer.beginning_offsets(tps)
+        consumer.assign(tps)
+        remaining: dict[TopicPartition, int] = {}
+        for tp in tps:
+            wanted = start if isinstance(start, int) else (start or {}).get(tp.partition, begins[tp])
+            first = max(begins[tp], wanted)
+            if first < ends[tp]:
+                consumer.seek(tp, first)
+                remaining[tp] = ends[tp]
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=500)
+            if not batch:
+                # Nothing more below the end we saw (e.g. a transaction marker at the end).
+                positions = {tp: await consumer.position(tp) for tp in remaining}
+                for tp, position in positions.items():
+                    if position >= remaining[tp]:
+                        del remaining[tp]
+                continue
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset >= remaining.get(tp, -1):
+                        continue
+                    yield parse(record)
+                if tp in remaining and (records[-1].offset + 1 >= remaining[tp]):
+                    del remaining[tp]
+    finally:
+        await consumer.stop()
+
+
+def source_topics(letters: Sequence[Letter]) -> set[str]:
+    """The distinct source topics named by ``letters``."""
+    return {letter.source_topic for letter in letters if letter.source_topic}
