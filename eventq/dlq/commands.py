@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import re
 import sys
 from datetime import UTC, datetime, timedelta
@@ -66,8 +67,8 @@ def parse_rate(ctx: click.Context, param: click.Parameter, value: str | None) ->
         rate = float(text)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a rate; use letters per second, e.g. 50/s") from None
-    if rate <= 0:
-        raise click.BadParameter("the rate must be positive, e.g. 50/s")
+    if not math.isfinite(rate) or rate <= 0:
+        raise click.BadParameter("the rate must be positive (and a number), e.g. 50/s")
     return rate
 
 
@@ -237,6 +238,8 @@ def _print_report(report: ReplayReport) -> None:
         click.echo(f"refused {position}: {why}")
     for position, why in report.failed:
         click.echo(f"failed  {position}: {why}")
+    if report.resumed and not report.dry_run:
+        click.echo(f"resumed run {report.run} where it stopped (with the time window it started with)")
     click.echo(f"{report.topic}: {report.summary()}" + ("" if report.dry_run else f" [run {report.run}]"))
 
 

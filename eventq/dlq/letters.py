@@ -95,6 +95,15 @@ DIALECTS: tuple[tuple[str, Mapping[str, str]], ...] = (
     ("karafka-legacy", _KARAFKA_OLD),
 )
 _INTEGER_FIELDS = {"source_partition", "source_offset", "source_timestamp", "attempts"}
+# Headers a replay drops, per dialect: exact names, and prefixes (Spring writes more
+# headers than eventq reads, e.g. kafka_dlt-original-timestamp-type).
+_DIALECT_HEADERS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
+    "eventq": (frozenset(), ()),
+    "spring": (frozenset(), ("kafka_dlt-",)),
+    "spring-retry": (frozenset(), ("kafka_original-", "kafka_exception-", "retry_topic-")),
+    "karafka": (frozenset({*_KARAFKA, "source_trace_id"}), ()),
+    "karafka-legacy": (frozenset({*_KARAFKA_OLD, "original_trace_id"}), ()),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,19 +151,14 @@ class Letter:
         return self.key.decode("utf-8", "replace") if self.key is not None else None
 
     def original_headers(self) -> list[tuple[str, bytes]]:
-        """The headers without any dialect's dead-letter headers or eventq's replay headers."""
-        drop: set[str] = set()
-        for name, mapping in DIALECTS:
-            if name == self.dialect:
-                drop.update(mapping)
-        return [
-            (n, v) for n, v in self.headers
-            if n not in drop and not n.startswith(EVENTQ_DLT) and not n.startswith("eventq-retry-")
-            and not n.startswith(REPLAY_PREFIX)
-        ]
+        """The headers without this letter's dialect's dead-letter headers, nor eventq's
+        dead-letter, retry and replay headers (other headers keep their order)."""
+        names, prefixes = _DIALECT_HEADERS.get(self.dialect, (frozenset(), ()))
+        prefixes = (*prefixes, EVENTQ_DLT, "eventq-retry-", REPLAY_PREFIX)
+        return [(n, v) for n, v in self.headers if n not in names and not n.startswith(prefixes)]
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (bytes as UTF-8 text where they are text, else base64)."""
+        """A JSON-ready view (bytes as UTF-8 text where they decode as UTF-8, else ``base64:…``)."""
         return {
             "position": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
             "dead_lettered_at": self.time.isoformat(timespec="milliseconds"),
@@ -197,9 +201,10 @@ def _payload(raw: bytes | None) -> Any:
 
 
 def _integer(raw: bytes) -> int | None:
-    text = raw.decode("ascii", "ignore").strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
+    try:
+        return int(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        pass
     if len(raw) in (4, 8):  # Spring writes partition (int) and offset/timestamp (long) in binary
         return int.from_bytes(raw, "big", signed=True)
     return None

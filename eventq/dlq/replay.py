@@ -9,9 +9,11 @@ Guarantees:
   every 100 letters or second. Killed at any moment, the open transaction is aborted
   when the run is resumed (same name): its records are never visible to
   ``read_committed`` consumers (eventq's daemon reads that way) and it continues from the
-  last committed position. A resumed run must use the filters it started with.
+  last committed position. A resumed run must use the criteria it started with and
+  keeps the time window it started with (so ``--since 2h`` can be given again).
 - **The event stays the same event.** Key, value and headers are republished unchanged
-  (the dead-letter headers of every known dialect removed), so the event keeps its id
+  (the letter's dead-letter headers removed: eventq's, or Spring's or Karafka's when it
+  was written by them), so the event keeps its id
   and correlation id, and consumers that already handled it skip it; a dead letter of
   the group whose row says ``dead_lettered`` runs its handler again. Added headers:
   ``eventq-replay-count`` (how often it was replayed), ``eventq-replay-from`` (each
@@ -30,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -85,10 +89,19 @@ class Filters:
         return self.offsets is None or self.offsets[0] <= letter.offset <= self.offsets[1]
 
     def fingerprint(self) -> str:
-        """A short stable digest: a resumed run must have the same filters."""
-        text = repr((self.since, self.until, self.error_type, self.event_type, self.key, self.correlation_id,
-                     self.handler, self.offsets))
+        """A short stable digest of every criterion but the time window: a resumed run must
+        have the same criteria, and keeps the window it started with (``--since 2h`` means
+        two hours before the run *started*, however late it is resumed)."""
+        text = repr((self.error_type, self.event_type, self.key, self.correlation_id, self.handler, self.offsets))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def checkpoint_metadata(self) -> str:
+        """What a run stores with its progress: the fingerprint and the absolute time window."""
+        return json.dumps({
+            "filters": self.fingerprint(),
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+        }, separators=(",", ":"))
 
 
 def _names(actual: str | None, wanted: str) -> bool:
@@ -111,6 +124,7 @@ class ReplayReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     targets: dict[str, int] = field(default_factory=dict)  # target topic -> letters (to be) replayed
     stopped_at_limit: bool = False
+    resumed: bool = False  # continued an earlier run (with its time window)
 
     @property
     def ok(self) -> bool:
@@ -180,15 +194,13 @@ async def replay(
     name = run or new_run_name()
     group = f"eventq-replay.{name}"
     report = ReplayReport(run=name, topic=topic, dry_run=dry_run)
-    fingerprint = filters.fingerprint()
     start, existing = await _checkpoint(kafka, group, topic)
     if dry_run:
         start = {}  # a preview looks at the whole topic, whatever earlier runs did
-    elif existing is not None and existing != fingerprint:
-        raise ConfigError(
-            f"replay run {name!r} was started with other filters; resume it with the same filters, "
-            "or start a new run (leave out --run)"
-        )
+    elif existing is not None:
+        filters = _resumed(name, filters, existing)
+        report.resumed = True
+    metadata = filters.checkpoint_metadata()
     known_topics = await _topics(kafka)
     newest = await _newest_letters(kafka, topic)
     producer = None if dry_run else await _producer(kafka, group)
@@ -229,13 +241,13 @@ async def replay(
                 in_chunk += 1
                 if in_chunk >= _CHUNK_LETTERS or time.monotonic() - chunk_started >= _CHUNK_SECONDS:
                     open_transaction = False
-                    await _commit_chunk(producer, group, topic, pending, fingerprint)
+                    await _commit_chunk(producer, group, topic, pending, metadata)
                     await producer.begin_transaction()
                     open_transaction = True
                     chunk_started, in_chunk = time.monotonic(), 0
         if producer is not None:
             open_transaction = False
-            await _commit_chunk(producer, group, topic, pending, fingerprint)
+            await _commit_chunk(producer, group, topic, pending, metadata)
     except BaseException as exc:
         if producer is not None and open_transaction:
             # The open transaction's records and progress vanish together.
@@ -259,15 +271,41 @@ def _newness(letter: Letter) -> tuple[int, int, int, int]:
     return (letter.replay_count, letter.timestamp_ms, letter.partition, letter.offset)
 
 
-async def _newest_letters(kafka: KafkaSettings, topic: str) -> dict[str, tuple[int, int, int, int]]:
-    """For each event id in the topic, which of its dead letters is the newest."""
-    newest: dict[str, tuple[int, int, int, int]] = {}
+Newest = dict[tuple[str, str | None], tuple[int, int, int, int]]
+
+
+async def _newest_letters(kafka: KafkaSettings, topic: str) -> Newest:
+    """For each (event id, consumer group) in the topic, which of its dead letters is the newest.
+
+    Per group: groups consuming one source topic share its dead-letter topic, and one
+    group's failure says nothing about another's.
+    """
+    newest: Newest = {}
     async for letter in scan(kafka, topic):
         if letter.event_id is not None:
-            rank = _newness(letter)
-            if rank > newest.get(letter.event_id, (-1, -1, -1, -1)):
-                newest[letter.event_id] = rank
+            rank, key = _newness(letter), (letter.event_id, letter.group)
+            if rank > newest.get(key, (-1, -1, -1, -1)):
+                newest[key] = rank
     return newest
+
+
+def _resumed(run: str, filters: Filters, stored: str) -> Filters:
+    """The filters to resume a run with: the given criteria (which must be the same), the stored window."""
+    try:
+        saved = json.loads(stored)
+        fingerprint, since, until = saved["filters"], saved["since"], saved["until"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"replay run {run!r} has progress eventq cannot read; start a new run") from None
+    if fingerprint != filters.fingerprint():
+        raise ConfigError(
+            f"replay run {run!r} was started with other filters; resume it with the same filters, "
+            "or start a new run (leave out --run)"
+        )
+    return dataclasses.replace(
+        filters,
+        since=datetime.fromisoformat(since) if since else None,
+        until=datetime.fromisoformat(until) if until else None,
+    )
 
 
 def _decide(
@@ -276,12 +314,13 @@ def _decide(
     to: str | None,
     max_replays: int,
     known_topics: set[str],
-    newest: dict[str, tuple[int, int, int, int]] | None = None,
+    newest: Newest | None = None,
 ) -> tuple[str, str]:
     """(verdict, target or reason) for one letter."""
     if not filters.matches(letter):
         return "filtered", ""
-    if newest and letter.event_id is not None and newest.get(letter.event_id, _newness(letter)) > _newness(letter):
+    rank = _newness(letter)
+    if newest and letter.event_id is not None and newest.get((letter.event_id, letter.group), rank) > rank:
         # The event failed again after an earlier replay: only its newest dead letter
         # counts, or the loop guard could be sidestepped by replaying an old copy.
         return "superseded", ""
@@ -307,10 +346,10 @@ def _replay_headers(letter: Letter, run: str) -> list[tuple[str, bytes]]:
 
 
 async def _commit_chunk(
-    producer: AIOKafkaProducer, group: str, topic: str, pending: dict[int, int], fingerprint: str
+    producer: AIOKafkaProducer, group: str, topic: str, pending: dict[int, int], metadata: str
 ) -> None:
     if pending:
-        offsets = {TopicPartition(topic, p): OffsetAndMetadata(o, fingerprint) for p, o in pending.items()}
+        offsets = {TopicPartition(topic, p): OffsetAndMetadata(o, metadata) for p, o in pending.items()}
         await producer.send_offsets_to_transaction(offsets, group)
         pending.clear()
     await producer.commit_transaction()
@@ -335,7 +374,7 @@ async def _topics(kafka: KafkaSettings) -> set[str]:
 
 
 async def _checkpoint(kafka: KafkaSettings, group: str, topic: str) -> tuple[dict[int, int], str | None]:
-    """Where an earlier process of this run got to (partition → next offset) and its filters' fingerprint."""
+    """Where an earlier process of this run got to (partition → next offset) and its checkpoint metadata."""
     async with admin_client(kafka) as admin:
         offsets: Any = await admin.list_consumer_group_offsets(group)
     start: dict[int, int] = {}

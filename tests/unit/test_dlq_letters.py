@@ -239,8 +239,6 @@ def test_integer_header_that_is_no_number_becomes_none() -> None:
     assert (letter.source_partition, letter.attempts) == (None, None)
 
 
-@pytest.mark.xfail(strict=True, reason="letters._integer: '--5'.lstrip('-').isdigit() is True, so int('--5') raises "
-                                      "ValueError and parse() (and so a whole scan) crashes on one odd header")
 def test_integer_header_with_repeated_minus_becomes_none() -> None:
     """An integer header like '--5' is not a number: it gives None instead of crashing parse."""
     letter = parse(dead_letter([("source_topic", b"orders"), ("source_partition", b"--5")]))
@@ -323,9 +321,6 @@ def test_other_dialects_original_headers_drop_their_own_headers(
     assert letter.original_headers() == [("ce_id", EVENT_ID), ("x-tag", b"a"), ("x-tag", b"b")]
 
 
-@pytest.mark.xfail(strict=True, reason="letters._SPRING lists only the headers parse() reads; Spring's recoverer also "
-                                      "writes kafka_dlt-original-timestamp-type and kafka_dlt-exception-cause-fqcn, "
-                                      "which original_headers() keeps, so a replayed Spring letter still carries them")
 def test_spring_original_headers_drop_every_spring_dead_letter_header() -> None:
     """Every kafka_dlt-* header Spring's recoverer writes is gone from a Spring letter's original headers."""
     headers = [
