@@ -107,11 +107,24 @@ class Consumer:
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Start, process until stopped (or idle), then shut down cleanly."""
-        await self._start()
+        try:
+            await self._start()
+        except BaseException:
+            await self._close_clients()  # whatever had started by then
+            raise
+        ticker = asyncio.create_task(self._tick(), name="eventq-liveness")
         try:
             await self._fetch_loop(until_idle=until_idle)
         finally:
+            ticker.cancel()
             await self._shutdown()
+
+    async def _tick(self) -> None:
+        # Liveness means the event loop turns; the fetch loop itself may rightly wait
+        # (a rebalance drains revoked partitions for up to shutdown_grace_s).
+        while True:
+            self.status.beat()
+            await asyncio.sleep(1.0)
 
     async def _start(self) -> None:
         s = self.settings
@@ -124,16 +137,12 @@ class Consumer:
             raise DatabaseUnavailable(db.safe_url, f"{type(exc).__name__}: {exc}") from exc
         except asyncpg.PostgresError as exc:
             raise DatabaseUnavailable(db.safe_url, f"{type(exc).__name__}: {exc}", retriable=False) from exc
-        try:
-            if await self._pool.fetchval("SELECT to_regclass('processed_events')") is None:
-                raise ConsumerError(
-                    f"the database at {db.safe_url} has no processed_events table; run 'eventq db migrate' "
-                    "(or eventq consume --migrate)"
-                )
-            await self._start_kafka()
-        except BaseException:
-            await self._close_clients()
-            raise
+        if await self._pool.fetchval("SELECT to_regclass('processed_events')") is None:
+            raise ConsumerError(
+                f"the database at {db.safe_url} has no processed_events table; run 'eventq db migrate' "
+                "(or eventq consume --migrate)"
+            )
+        await self._start_kafka()
         self._processor = Processor(
             app=self.app, settings=s, group=self.group, producer=self._producer, pool=self._pool, status=self.status
         )
@@ -209,44 +218,42 @@ class Consumer:
         consumer.subscribe([*self.topics, *sorted(retry_names)], listener=_Rebalance(self))
 
     async def _shutdown(self) -> None:
-        running = list(self._slices.values())
-        if running:
-            log.info("consumer.draining", slices=len(running), grace_s=self.settings.shutdown_grace_s)
-            await self._finish(running)
-        if self._committer is not None:
-            try:
-                async with asyncio.timeout(max(5.0, self.settings.shutdown_grace_s)):
-                    await self._committer.commit_now()
-            except (TimeoutError, ke.KafkaError) as exc:
-                log.warning("consumer.final_commit_failed", error_type=type(exc).__name__, error=str(exc))
-            await self._committer.stop()
-        await self._close_clients()
+        try:
+            running = list(self._slices.values())
+            if running:
+                log.info("consumer.draining", slices=len(running), grace_s=self.settings.shutdown_grace_s)
+                await self._finish(running)
+            if self._committer is not None:
+                try:
+                    async with asyncio.timeout(max(5.0, self.settings.shutdown_grace_s)):
+                        await self._committer.commit_now()
+                except Exception as exc:
+                    log.warning("consumer.final_commit_failed", error_type=type(exc).__name__, error=str(exc))
+        finally:
+            await self._close_clients()
         log.info("consumer.stopped", group=self.group)
 
     async def _probe(self) -> None:
-        """Ask PostgreSQL and Kafka whether they answer now (for /readyz)."""
+        """Ask PostgreSQL and Kafka whether they answer now (for /readyz; not logged: operations log)."""
         try:
             async with asyncio.timeout(2):
                 await self._pool.fetchval("SELECT 1")
-        except Exception as exc:  # any failure means not ready; the reason is logged once
-            if self.status.database_ok:
-                self.status.database_ok = False
-                log.warning("database.unavailable", error_type=type(exc).__name__, error=str(exc))
-        else:
-            self.status.database_up()
+            self.status.database_answers = True
+        except Exception:
+            self.status.database_answers = False
         try:
             async with asyncio.timeout(2):
                 assert self._consumer is not None
                 await self._consumer.topics()
-        except Exception as exc:
-            if self.status.broker_ok:
-                self.status.broker_ok = False
-                log.warning("broker.unavailable", operation="health_probe", error_type=type(exc).__name__,
-                            error=str(exc))
-        else:
-            self.status.broker_up()
+            self.status.broker_answers = True
+        except Exception:
+            self.status.broker_answers = False
 
     async def _close_clients(self) -> None:
+        if self._committer is not None:
+            await self._committer.stop()
+        if self._recorder is not None:
+            await self._recorder.stop()
         if self.health is not None:
             await self.health.stop()
         if self._consumer is not None:
@@ -272,10 +279,18 @@ class Consumer:
     async def _fetch_loop(self, *, until_idle: bool) -> None:
         consumer = self._consumer
         assert consumer is not None
-        s = self.settings
         unassigned_since = asyncio.get_running_loop().time()
+        stop = asyncio.create_task(self._stopping.wait())
+        try:
+            await self._fetch_until(consumer, stop, until_idle, unassigned_since)
+        finally:
+            stop.cancel()
+
+    async def _fetch_until(
+        self, consumer: AIOKafkaConsumer, stop: asyncio.Task[Any], until_idle: bool, unassigned_since: float
+    ) -> None:
+        s = self.settings
         while not self._stopping.is_set():
-            self.status.beat()
             assigned = consumer.assignment()
             self.status.assigned = len(assigned)
             free = [tp for tp in assigned if tp not in self._slices]
@@ -283,10 +298,20 @@ class Consumer:
                 await self._all_busy(consumer)
                 continue
             timeout = s.max_batch_timeout_s if not self._slices else 0.01
+            # Raced against stop(): during a rebalance getmany waits for the new
+            # assignment, which must not hold up a shutdown (cancelling it is safe:
+            # records are only taken from aiokafka's buffer once it returns).
+            fetch = asyncio.ensure_future(
+                consumer.getmany(*free, timeout_ms=int(timeout * 1000), max_records=s.max_batch_size)
+            )
+            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ke.KafkaError):
+                    await fetch
+                return
             try:
-                records = await consumer.getmany(
-                    *free, timeout_ms=int(timeout * 1000), max_records=s.max_batch_size
-                )
+                records = fetch.result()
             except ke.KafkaError as exc:
                 log.warning("consumer.fetch_failed", error_type=type(exc).__name__, error=str(exc))
                 await asyncio.sleep(1.0)
@@ -430,9 +455,10 @@ class Consumer:
             try:
                 async with asyncio.timeout(self.settings.session_timeout_s):
                     await self._committer.commit_now(only=revoked)
-            except TimeoutError:
-                log.warning("consumer.revoke_commit_timeout", partitions=len(revoked))
-            self._committer.forget(revoked)
+            except Exception as exc:  # timeout, or a failing hook: the new owner redelivers, rows dedupe
+                log.warning("consumer.revoke_commit_failed", partitions=len(revoked), error_type=type(exc).__name__)
+            finally:
+                self._committer.forget(revoked)
         self._paused -= revoked
         log.info("consumer.partitions_revoked", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
 

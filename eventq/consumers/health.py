@@ -1,6 +1,7 @@
 """Daemon health: what state it is in, logged once per change, served over HTTP.
 
-``GET /livez``  200 while the fetch loop has turned within the last 30 s, else 503.
+``GET /livez``  200 while the daemon's event loop turns (a ticker beats every second;
+               no beat for 30 s means 503), else 503.
 ``GET /readyz`` 200 when partitions are assigned and Kafka and PostgreSQL both answer
 (each is asked, with a 2 s limit, when the request comes), else 503. Both answer with
 a small JSON body saying why.
@@ -33,8 +34,10 @@ class Status:
     def __init__(self) -> None:
         self.heartbeat = time.monotonic()
         self.assigned = 0
-        self.broker_ok = True
+        self.broker_ok = True  # as seen by the daemon's own operations (logged on change)
         self.database_ok = True
+        self.broker_answers = True  # as seen by the last /readyz probe (not logged)
+        self.database_answers = True
         self._db_failures = 0
         self._broker_failures = 0
 
@@ -47,15 +50,18 @@ class Status:
 
     @property
     def ready(self) -> bool:
-        return self.assigned > 0 and self.broker_ok and self.database_ok
+        return (
+            self.assigned > 0 and self.broker_ok and self.database_ok and self.broker_answers
+            and self.database_answers
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "live": self.live,
             "ready": self.ready,
             "assigned_partitions": self.assigned,
-            "broker_ok": self.broker_ok,
-            "database_ok": self.database_ok,
+            "broker_ok": self.broker_ok and self.broker_answers,
+            "database_ok": self.database_ok and self.database_answers,
         }
 
     async def database_down(self, exc: BaseException) -> None:

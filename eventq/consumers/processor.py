@@ -68,6 +68,14 @@ class Item:
         self.done = False
 
 
+class _DatabaseStep(Exception):
+    """One of eventq's own database steps around a transactional handler failed."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Interrupt:
     """Asks a running slice to stop between events (shutdown, partition revocation).
 
@@ -287,27 +295,28 @@ class Processor:
                 failure = self._failure(REASON_REJECTED, exc, handler, attempt, first_failure)
                 self._dead_letter(result, item, failure, state)
                 return True
-            except Exception as exc:
-                if handler.transactional and is_outage(exc):
+            except Exception as caught:
+                error = caught.error if isinstance(caught, _DatabaseStep) else caught
+                if isinstance(caught, _DatabaseStep) and is_outage(error):
                     # The database, not the handler, failed: wait for it without using up attempts.
-                    await self.status.database_down(exc)
+                    await self.status.database_down(error)
                     if stop.requested:
                         return False
                     continue
                 now = datetime.now(UTC)
                 first_failure = first_failure or now
                 if attempt >= limit:
-                    failure = self._failure(REASON_EXHAUSTED, exc, handler, attempt, first_failure)
+                    failure = self._failure(REASON_EXHAUSTED, error, handler, attempt, first_failure)
                     self._dead_letter(result, item, failure, state)
                     return True
-                delay = exc.delay_s if isinstance(exc, RetryLater) else backoff_delay(attempt, self.settings)
+                delay = error.delay_s if isinstance(error, RetryLater) else backoff_delay(attempt, self.settings)
                 if handler.retry_topics:
-                    self._hand_off(result, item, state, attempt, delay, first_failure, exc)
+                    self._hand_off(result, item, state, attempt, delay, first_failure, error)
                     return True
                 log.warning(
                     "event.retry_scheduled", event_id=event.id, event_type=event.type, topic=record.topic,
                     partition=record.partition, offset=record.offset, handler=handler.name, attempt=attempt,
-                    max_attempts=limit, delay_s=round(delay, 3), error_type=type(exc).__name__, error=str(exc),
+                    max_attempts=limit, delay_s=round(delay, 3), error_type=type(error).__name__, error=str(error),
                 )
                 if await stop.sleep(delay):
                     return False
@@ -350,17 +359,45 @@ class Processor:
         )
 
     async def _run_transactional(self, handler: Handler, item: Item, ctx: Context) -> bool:
-        """Claim the row and run the handler in one transaction; False if already claimed."""
+        """Claim the row and run the handler in one transaction; False if already claimed.
+
+        Failures of eventq's own steps (connect, begin, claim, commit) are raised as
+        :class:`_DatabaseStep`, so that only they, not the handler's errors, can count as
+        a database outage.
+        """
         event = item.event
         assert event is not None
         record = item.record
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = store.Processed(event.id, record.topic, record.partition, record.offset)
-            if not await store.claim(conn, self.group, row):
+        try:
+            conn = await self.pool.acquire()
+        except Exception as exc:
+            raise _DatabaseStep(exc) from exc
+        try:
+            transaction = conn.transaction()
+            try:
+                await transaction.start()
+                claimed = await store.claim(
+                    conn, self.group, store.Processed(event.id, record.topic, record.partition, record.offset)
+                )
+            except Exception as exc:
+                raise _DatabaseStep(exc) from exc
+            if not claimed:
+                await transaction.rollback()
                 return False
             ctx.db = conn
-            await handler.func(event, ctx)
-        return True
+            try:
+                await handler.func(event, ctx)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except Exception as exc:
+                raise _DatabaseStep(exc) from exc
+            return True
+        finally:
+            await self.pool.release(conn)
 
     async def _run_batch(self, handler: Handler, items: list[Item], result: SliceResult, stop: Interrupt) -> None:
         limit = handler.max_attempts or self.settings.max_attempts

@@ -137,6 +137,15 @@ async def record(db: Executor, group: str, events: Sequence[Processed]) -> None:
     """
     if not events:
         return
+    if len({e.event_id for e in events}) != len(events):
+        # One statement may not touch a row twice (the same event id from two
+        # partitions): keep one row per id, 'handled' over other outcomes.
+        unique: dict[str, Processed] = {}
+        for e in events:
+            kept = unique.get(e.event_id)
+            if kept is None or (kept.outcome != "handled" and e.outcome == "handled"):
+                unique[e.event_id] = e
+        events = list(unique.values())
     # Columns as comma-joined text (see finished); topic names cannot contain commas
     # (Kafka allows only [a-zA-Z0-9._-]), and outcomes are fixed words.
     await db.execute(

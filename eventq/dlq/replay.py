@@ -194,17 +194,25 @@ async def replay(
     name = run or new_run_name()
     group = f"eventq-replay.{name}"
     report = ReplayReport(run=name, topic=topic, dry_run=dry_run)
-    start, existing = await _checkpoint(kafka, group, topic)
-    if dry_run:
-        start = {}  # a preview looks at the whole topic, whatever earlier runs did
-    elif existing is not None:
-        filters = _resumed(name, filters, existing)
-        report.resumed = True
-    metadata = filters.checkpoint_metadata()
-    known_topics = await _topics(kafka)
-    newest = await _newest_letters(kafka, topic)
+    # The producer starts first: starting it fences any earlier process of this run
+    # (and aborts its open transaction), so the progress read next is final.
     producer = None if dry_run else await _producer(kafka, group)
+    try:
+        start, existing = await _checkpoint(kafka, group, topic)
+        if dry_run:
+            start = {}  # a preview looks at the whole topic, whatever earlier runs did
+        elif existing is not None:
+            filters = _resumed(name, filters, existing)
+            report.resumed = True
+        known_topics = await _topics(kafka)
+        newest = await _newest_letters(kafka, topic)
+    except BaseException:
+        if producer is not None:
+            await producer.stop()
+        raise
+    metadata = filters.checkpoint_metadata()
     limiter = _Rate(rate)
+    sent: list[tuple[asyncio.Future[Any], str]] = []  # this transaction's sends, by dead-letter position
     pending: dict[int, int] = {}  # partition -> next offset, not yet committed
     chunk_started = time.monotonic()
     in_chunk = 0
@@ -233,21 +241,26 @@ async def replay(
                 report.targets[target] = report.targets.get(target, 0) + 1
                 if producer is not None:
                     await limiter.wait()
-                    await producer.send(target, letter.value, key=letter.key, headers=_replay_headers(letter, name))
+                    future = await producer.send(
+                        target, letter.value, key=letter.key, headers=_replay_headers(letter, name)
+                    )
+                    sent.append((future, letter.position))
             if progress is not None:
                 progress(letter)
             if producer is not None:
                 pending[letter.partition] = letter.offset + 1
                 in_chunk += 1
                 if in_chunk >= _CHUNK_LETTERS or time.monotonic() - chunk_started >= _CHUNK_SECONDS:
-                    open_transaction = False
+                    await _acknowledged(sent, name)
                     await _commit_chunk(producer, group, topic, pending, metadata)
+                    open_transaction = False
                     await producer.begin_transaction()
                     open_transaction = True
                     chunk_started, in_chunk = time.monotonic(), 0
         if producer is not None:
-            open_transaction = False
+            await _acknowledged(sent, name)
             await _commit_chunk(producer, group, topic, pending, metadata)
+            open_transaction = False
     except BaseException as exc:
         if producer is not None and open_transaction:
             # The open transaction's records and progress vanish together.
@@ -265,6 +278,26 @@ async def replay(
     log.info("dlq.replay_finished", run=name, topic=topic, dry_run=dry_run, replayed=len(report.replayed),
              filtered=report.filtered, refused=len(report.refused), failed=len(report.failed))
     return report
+
+
+async def _acknowledged(sent: list[tuple[asyncio.Future[Any], str]], run: str) -> None:
+    """Wait for this transaction's sends; a refused one must not be committed as replayed.
+
+    (A batch the broker refuses outright fails only its own future: the transaction
+    itself would still commit, with the progress past the lost letter.)
+    """
+    results = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
+    refused = [(position, result) for (_, position), result in zip(sent, results, strict=True)
+               if isinstance(result, BaseException)]
+    sent.clear()
+    if refused:
+        positions = ", ".join(position for position, _ in refused[:5]) + (", …" if len(refused) > 5 else "")
+        error = refused[-1][1]
+        raise ConsumerError(
+            f"the broker refused the replay of {positions} ({type(error).__name__}: {error}); nothing of this "
+            f"chunk was committed. Resume with --run {run} once fixed, or leave that letter out "
+            "(--offset-range) in a new run"
+        )
 
 
 def _newness(letter: Letter) -> tuple[int, int, int, int]:

@@ -480,3 +480,51 @@ async def test_startup_problems_are_named(
     with pytest.raises(ConsumerError, match=f"eventq topics create {topic}.dlt"):
         await Consumer(app, no_dlt).run(until_idle=True)
 
+
+
+async def test_a_transactional_handlers_own_timeout_counts_as_an_attempt(
+    kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory, read_topic: Reader
+) -> None:
+    """A transactional handler's own TimeoutError is its failure, not a database outage: retried, then dead-lettered."""
+    topic = await new_topic(partitions=1)
+    await publish(kafka_settings, topic, [order(1)])
+    app = App("t", topics=[topic])
+    calls = 0
+
+    @app.handler(ORDER, transactional=True, max_attempts=2)
+    async def handle(event: Event, ctx: Context) -> None:
+        nonlocal calls
+        calls += 1
+        raise TimeoutError("the payment API did not answer")
+
+    await run_until_idle(app, consumer_settings(kafka_settings, database, topic))
+
+    [letter] = await read_topic(f"{topic}.dlt", 1)
+    assert calls == 2 and dict(letter.headers)["eventq-dlt-attempts"] == b"2"
+
+
+async def test_a_failing_before_commit_hook_skips_that_commit_only(
+    kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory
+) -> None:
+    """A hook that raises before a commit skips that commit; later commits happen and the daemon stops cleanly."""
+    topic = await new_topic(partitions=1)
+    await publish(kafka_settings, topic, [order(n, key="k") for n in range(30)])
+    app = App("t", topics=[topic])
+
+    @app.handler(ORDER)
+    async def handle(event: Event, ctx: Context) -> None:
+        pass
+
+    class FailOnce(Hooks):
+        failed = False
+
+        async def before_commit(self, offsets: Any) -> None:
+            if not FailOnce.failed:
+                FailOnce.failed = True
+                raise RuntimeError("hook failed")
+
+    settings = consumer_settings(kafka_settings, database, topic)
+    await run_until_idle(app, settings, hooks=FailOnce())
+
+    assert FailOnce.failed
+    assert await committed(kafka_settings, settings.group_id or "", topic) == {0: 30}

@@ -320,3 +320,26 @@ async def _ends(kafka: KafkaSettings, topic: str) -> dict[int, int]:
         return {tp.partition: o for tp, o in (await consumer.end_offsets(tps)).items()}
     finally:
         await consumer.stop()
+
+
+async def test_a_letter_the_broker_refuses_is_not_counted_as_replayed_nor_passed(
+    kafka_settings: KafkaSettings, new_topic: TopicFactory
+) -> None:
+    """A letter too large for its target topic stops the run with the position named; no progress is committed."""
+    from eventq.errors import ConsumerError
+    from eventq.kafka import create_topics
+
+    dlt = await new_topic(partitions=1)
+    small = f"{dlt}.small"
+    await create_topics(kafka_settings, [small], partitions=1, config={"max.message.bytes": "2000"})
+    raw = AIOKafkaProducer(**kafka_settings.client_kwargs())
+    await raw.start()
+    await raw.send_and_wait(dlt, b"x" * 100, headers=[("eventq-dlt-topic", small.encode())])
+    await raw.send_and_wait(dlt, b"y" * 5000, headers=[("eventq-dlt-topic", small.encode())])
+    await raw.stop()
+
+    with pytest.raises(ConsumerError, match=f"refused the replay of .*{dlt}/0/1"):
+        await replay(kafka_settings, dlt, run="too-big")
+
+    assert await committed(kafka_settings, "eventq-replay.too-big", dlt) == {}
+    assert await _records(kafka_settings, small) == []  # the small letter's transaction was rolled back too

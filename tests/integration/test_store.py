@@ -103,3 +103,11 @@ async def test_db_commands_migrate_and_purge(database: str) -> None:
     assert await asyncio.to_thread(cli, "db", "migrate") == (0, "database is up to date\n")
     code, output = await asyncio.to_thread(cli, "db", "purge", "--older-than", "30d")
     assert (code, output) == (0, "deleted 0 processed_events rows recorded more than 30d ago\n")
+
+
+async def test_one_statement_may_carry_the_same_event_twice(conn: asyncpg.Connection) -> None:
+    """Rows of one id from two partitions in one batch give one row, 'handled' winning over 'dead_lettered'."""
+    event_id = new_event_id()
+    await record(conn, "billing", [done(event_id, "dead_lettered", offset=1), done(event_id, "handled", offset=2)])
+    rows = await conn.fetch("SELECT outcome FROM processed_events WHERE event_id = $1", uuid.UUID(event_id))
+    assert [r["outcome"] for r in rows] == ["handled"]
