@@ -1,7 +1,8 @@
 """The ``eventq`` command line.
 
-The only place that configures logging (structlog), runs ``asyncio.run`` and turns
-errors into exit codes: 0 done, 1 failed (an eventq error, printed as one line
+With :mod:`eventq.clikit` and the command groups it adds, the only place that
+configures logging (structlog) and the garbage collector, installs signal handlers,
+runs ``asyncio.run`` and turns errors into exit codes: 0 done, 1 failed (an eventq error, printed as one line
 saying what to do), 2 wrong usage (click's own).
 """
 
@@ -14,15 +15,14 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import orjson
 import structlog
 
-from eventq.config import KafkaSettings
+from eventq.clikit import kafka_options, kafka_settings, run
 from eventq.consumers import store
 from eventq.database import DEFAULT_DATABASE_URL, DatabaseSettings, connect
 from eventq.devstack.commands import dev
@@ -31,8 +31,6 @@ from eventq.errors import EventqError
 from eventq.kafka import create_topics
 from eventq.producers import Producer, ProducerSettings
 from eventq.schemas import Event
-
-T = TypeVar("T")
 
 
 def configure_logging(*, json_logs: bool | None = None, level: str = "INFO") -> None:
@@ -70,29 +68,6 @@ def tune_gc_for_daemon() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine; an eventq error becomes ``Error: ...`` and exit code 1."""
-    try:
-        return asyncio.run(coro)
-    except EventqError as exc:
-        message = str(exc)
-        for note in getattr(exc, "__notes__", []):
-            message += f"\n  {note}"
-        raise click.ClickException(message) from exc
-
-
-def kafka_options(func: Any) -> Any:
-    """Options shared by commands that talk to Kafka (same names as the env vars)."""
-    func = click.option(
-        "--bootstrap-servers",
-        envvar="EVENTQ_BOOTSTRAP_SERVERS",
-        default="127.0.0.1:9092",
-        show_default=True,
-        help="Kafka brokers, host:port[,host:port].",
-    )(func)
-    return func
-
-
 @click.group()
 @click.option("--log-json/--log-console", default=None, help="Log format (default: JSON unless on a terminal).")
 @click.option("--log-level", default="INFO", envvar="EVENTQ_LOG_LEVEL", show_default=True,
@@ -105,14 +80,6 @@ def main(log_json: bool | None, log_level: str) -> None:
 
 main.add_command(dev)
 main.add_command(dlq)
-
-
-def _settings(bootstrap_servers: str) -> KafkaSettings:
-    """Kafka settings from EVENTQ_* variables, with the command line's brokers."""
-    try:
-        return dataclasses.replace(KafkaSettings.from_env(), bootstrap_servers=bootstrap_servers)
-    except EventqError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
@@ -144,7 +111,7 @@ def publish(
         payload = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON ({exc}); e.g. --data '{{\"n\": 1}}'", param_hint="--data") from exc
-    settings = ProducerSettings(kafka=_settings(bootstrap_servers), schemas=schemas)
+    settings = ProducerSettings(kafka=kafka_settings(bootstrap_servers), schemas=schemas)
 
     async def go() -> None:
         event = Event(
@@ -183,7 +150,7 @@ def topics_create(bootstrap_servers: str, names: tuple[str, ...], partitions: in
     """Create the NAMES topics that do not exist yet."""
     created = run(
         create_topics(
-            _settings(bootstrap_servers), names, partitions=partitions, replication_factor=replication_factor
+            kafka_settings(bootstrap_servers), names, partitions=partitions, replication_factor=replication_factor
         )
     )
     for name in names:
@@ -363,7 +330,7 @@ def demo(bootstrap_servers: str, database_url: str, topic: str, count: int) -> N
     """Publish demo orders, consume them with a daemon, dead-letter the one that always fails."""
     from eventq.demo import run_demo
 
-    run(run_demo(_settings(bootstrap_servers), _database(database_url), topic=topic, count=count, echo=click.echo))
+    run(run_demo(kafka_settings(bootstrap_servers), _database(database_url), topic=topic, count=count, echo=click.echo))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,6 @@ Exit codes: 0 done, 1 some letters failed to replay (or a service failed), 2 wro
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
 import math
 import re
@@ -17,28 +15,13 @@ from typing import Any
 
 import click
 
-from eventq.config import KafkaSettings
+from eventq.clikit import kafka_options, kafka_settings, run
 from eventq.dlq.inspect import archive, dead_letter_topics, find, summarize
 from eventq.dlq.letters import Letter
 from eventq.dlq.replay import DEFAULT_MAX_REPLAYS, Filters, ReplayReport, replay
-from eventq.errors import EventqError
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-def _run(coro: Any) -> Any:
-    try:
-        return asyncio.run(coro)
-    except EventqError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _kafka(bootstrap_servers: str) -> KafkaSettings:
-    try:
-        return dataclasses.replace(KafkaSettings.from_env(), bootstrap_servers=bootstrap_servers)
-    except EventqError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -82,12 +65,6 @@ def parse_range(ctx: click.Context, param: click.Parameter, value: str | None) -
     return int(match.group(1)), int(match.group(2))
 
 
-bootstrap_option = click.option(
-    "--bootstrap-servers", envvar="EVENTQ_BOOTSTRAP_SERVERS", default="127.0.0.1:9092", show_default=True,
-    help="Kafka brokers, host:port[,host:port].",
-)
-
-
 @click.group()
 def dlq() -> None:
     """Inspect, replay and archive dead letters (eventq's, Spring's and Karafka's)."""
@@ -95,17 +72,17 @@ def dlq() -> None:
 
 @dlq.command("list")
 @click.argument("topic", required=False)
-@bootstrap_option
+@kafka_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(topic: str | None, bootstrap_servers: str, as_json: bool) -> None:
     """Dead-letter topics with counts, age, and failures grouped by error type and handler."""
-    kafka = _kafka(bootstrap_servers)
+    kafka = kafka_settings(bootstrap_servers)
 
     async def go() -> Any:
         topics = [topic] if topic else await dead_letter_topics(kafka)
         return await summarize(kafka, topics)
 
-    summaries = _run(go())
+    summaries = run(go())
     if as_json:
         click.echo(json.dumps([s.as_dict() for s in summaries], indent=2))
         return
@@ -125,7 +102,7 @@ def list_command(topic: str | None, bootstrap_servers: str, as_json: bool) -> No
 
 @dlq.command("show")
 @click.argument("topic")
-@bootstrap_option
+@kafka_options
 @click.option("--offset", type=click.IntRange(min=0), default=None, help="Dead-letter offset.")
 @click.option("--partition", type=click.IntRange(min=0), default=None, help="With --offset: which partition.")
 @click.option("--event-id", default=None, help="Find the letter(s) of this event id instead.")
@@ -137,7 +114,7 @@ def show_command(
     """One dead letter whole: envelope, payload, origin, error, stack trace, attempts, replays."""
     if (offset is None) == (event_id is None):
         raise click.UsageError("give --offset N (and --partition P if the topic has several) or --event-id ID")
-    letters = _run(find(_kafka(bootstrap_servers), topic, offset=offset, partition=partition, event_id=event_id))
+    letters = run(find(kafka_settings(bootstrap_servers), topic, offset=offset, partition=partition, event_id=event_id))
     if not letters:
         what = f"at offset {offset}" if offset is not None else f"for event {event_id}"
         raise click.ClickException(f"no dead letter {what} in {topic}")
@@ -174,7 +151,7 @@ def _print_letter(letter: Letter) -> None:
 
 @dlq.command("replay")
 @click.argument("topic")
-@bootstrap_option
+@kafka_options
 @click.option("--since", callback=parse_time, help="Dead-lettered at or after (ISO time, or an age: 2h).")
 @click.option("--until", callback=parse_time, help="Dead-lettered before (ISO time, or an age).")
 @click.option("--error-type", default=None, help="Error class (module-qualified, or the class name).")
@@ -206,7 +183,7 @@ def replay_command(
     """
     if since and until and since >= until:
         raise click.BadParameter("--since must be before --until", param_hint="--since")
-    kafka = _kafka(bootstrap_servers)
+    kafka = kafka_settings(bootstrap_servers)
     filters = Filters(since=since, until=until, error_type=error_type, event_type=event_type, key=key,
                       correlation_id=correlation_id, handler=handler, offsets=offset_range)
     options: dict[str, Any] = {"to": to, "max_replays": max_replays, "limit": limit}
@@ -214,7 +191,7 @@ def replay_command(
     if dry_run or not yes:
         if not dry_run and not sys.stdin.isatty():
             raise click.UsageError("not a terminal, so no one can confirm: add --yes (or --dry-run to preview)")
-        preview: ReplayReport = _run(replay(kafka, topic, filters, run=run_name, dry_run=True, **options))
+        preview: ReplayReport = run(replay(kafka, topic, filters, run=run_name, dry_run=True, **options))
         _print_report(preview)
         if dry_run or not preview.replayed:
             sys.exit(1 if preview.failed else 0)
@@ -223,10 +200,10 @@ def replay_command(
                  + len(preview.failed))
     if total and sys.stdout.isatty():
         with click.progressbar(length=total, label="replaying") as bar:
-            report = _run(replay(kafka, topic, filters, run=run_name, rate=rate,
+            report = run(replay(kafka, topic, filters, run=run_name, rate=rate,
                                  progress=lambda _letter: bar.update(1), **options))
     else:
-        report = _run(replay(kafka, topic, filters, run=run_name, rate=rate, **options))
+        report = run(replay(kafka, topic, filters, run=run_name, rate=rate, **options))
     _print_report(report)
     if report.stopped_at_limit:
         click.echo(f"stopped at --limit {limit}; continue with --run {report.run}")
@@ -245,7 +222,7 @@ def _print_report(report: ReplayReport) -> None:
 
 @dlq.command("archive")
 @click.argument("topic")
-@bootstrap_option
+@kafka_options
 @click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="JSON-lines file to append to.")
 @click.option("--before", callback=parse_time, help="Only letters dead-lettered before this (ISO time or age).")
@@ -256,7 +233,7 @@ def archive_command(topic: str, bootstrap_servers: str, path: Path, before: date
     Kafka deletes only a partition's oldest records, so with --before the archive of a
     partition stops at its first letter that is not old enough (docs/adr/0008).
     """
-    counts = _run(archive(_kafka(bootstrap_servers), topic, path, before=before, delete=delete))
+    counts = run(archive(kafka_settings(bootstrap_servers), topic, path, before=before, delete=delete))
     total = sum(counts.values())
     action = "archived and deleted" if delete else "archived"
     click.echo(f"{action} {total} dead letters from {topic} to {path}")
