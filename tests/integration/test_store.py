@@ -111,3 +111,25 @@ async def test_one_statement_may_carry_the_same_event_twice(conn: asyncpg.Connec
     await record(conn, "billing", [done(event_id, "dead_lettered", offset=1), done(event_id, "handled", offset=2)])
     rows = await conn.fetch("SELECT outcome FROM processed_events WHERE event_id = $1", uuid.UUID(event_id))
     assert [r["outcome"] for r in rows] == ["handled"]
+
+
+async def test_two_racing_claims_of_one_event_let_exactly_one_transaction_win(database: str) -> None:
+    """The second claimant waits on the first's row lock and then gets False: a transactional handler runs once."""
+    from eventq.consumers.store import claim
+
+    event_id = new_event_id()
+    first, second = await asyncpg.connect(database), await asyncpg.connect(database)
+    try:
+        first_tx, second_tx = first.transaction(), second.transaction()
+        await first_tx.start()
+        await second_tx.start()
+        assert await claim(first, "billing", done(event_id)) is True
+        racing = asyncio.ensure_future(claim(second, "billing", done(event_id)))
+        await asyncio.sleep(0.3)
+        assert not racing.done()  # blocked on the first transaction's row
+        await first_tx.commit()
+        assert await asyncio.wait_for(racing, 5) is False
+        await second_tx.rollback()
+    finally:
+        await first.close()
+        await second.close()
