@@ -8,7 +8,8 @@ of :mod:`eventq.errors` (``raise translate(...) from exc``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -80,6 +81,21 @@ async def stop_producer(producer: AIOKafkaProducer, timeout: float) -> bool:
     return False
 
 
+@contextlib.asynccontextmanager
+async def _admin(settings: KafkaSettings, topics: list[str]) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(**settings.client_kwargs())
+    try:
+        try:
+            await admin.start()
+        except (ke.KafkaConnectionError, ke.KafkaTimeoutError, OSError) as exc:
+            raise BrokerUnavailable(
+                ",".join(topics), f"cannot reach a Kafka broker at {settings.bootstrap_servers}"
+            ) from exc
+        yield admin
+    finally:
+        await admin.close()
+
+
 async def create_topics(
     settings: KafkaSettings,
     topics: Iterable[str],
@@ -97,14 +113,7 @@ async def create_topics(
     if partitions < 1:
         raise ConfigError(f"partitions={partitions} must be at least 1")
     wanted = list(dict.fromkeys(topics))
-    admin = AIOKafkaAdminClient(**settings.client_kwargs())
-    try:
-        try:
-            await admin.start()
-        except (ke.KafkaConnectionError, ke.KafkaTimeoutError, OSError) as exc:
-            raise BrokerUnavailable(
-                ",".join(wanted), f"cannot reach a Kafka broker at {settings.bootstrap_servers}"
-            ) from exc
+    async with _admin(settings, wanted) as admin:
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t not in existing]
         if missing:
@@ -119,24 +128,13 @@ async def create_topics(
                     raise PublishError(name, f"could not create topic (error {code}: {message})")
             await _until_listed(admin, missing)
         return missing
-    finally:
-        await admin.close()
 
 
 async def partition_counts(settings: KafkaSettings, topics: Iterable[str]) -> dict[str, int]:
     """How many partitions each existing topic among ``topics`` has (missing ones are left out)."""
     wanted = list(dict.fromkeys(topics))
-    admin = AIOKafkaAdminClient(**settings.client_kwargs())
-    try:
-        try:
-            await admin.start()
-        except (ke.KafkaConnectionError, ke.KafkaTimeoutError, OSError) as exc:
-            raise BrokerUnavailable(
-                ",".join(wanted), f"cannot reach a Kafka broker at {settings.bootstrap_servers}"
-            ) from exc
+    async with _admin(settings, wanted) as admin:
         descriptions: Any = await admin.describe_topics(wanted)
-    finally:
-        await admin.close()
     return {d["topic"]: len(d["partitions"]) for d in descriptions if d["error_code"] == 0 and d["partitions"]}
 
 

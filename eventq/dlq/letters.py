@@ -255,6 +255,13 @@ async def partitions_of(kafka: KafkaSettings, topic: str) -> list[TopicPartition
     return [TopicPartition(topic, p) for p in range(count)]
 
 
+def _unreachable(kafka: KafkaSettings, exc: BaseException) -> ConsumerError:
+    return ConsumerError(
+        f"cannot reach a Kafka broker at {kafka.bootstrap_servers} ({type(exc).__name__}); start it "
+        "(eventq dev up) or fix EVENTQ_BOOTSTRAP_SERVERS", retriable=True,
+    )
+
+
 @contextlib.asynccontextmanager
 async def admin_client(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client; ConsumerError (retriable) if no broker answers."""
@@ -263,10 +270,7 @@ async def admin_client(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClien
         await admin.start()
     except Exception as exc:
         await admin.close()
-        raise ConsumerError(
-            f"cannot reach a Kafka broker at {kafka.bootstrap_servers}; start it (eventq dev up) or fix "
-            "EVENTQ_BOOTSTRAP_SERVERS", retriable=True,
-        ) from exc
+        raise _unreachable(kafka, exc) from exc
     try:
         yield admin
     finally:
@@ -289,10 +293,7 @@ async def scan(
         await consumer.start()
     except Exception as exc:
         await consumer.stop()
-        raise ConsumerError(
-            f"cannot reach a Kafka broker at {kafka.bootstrap_servers} ({type(exc).__name__}); start it "
-            "(eventq dev up) or fix EVENTQ_BOOTSTRAP_SERVERS", retriable=True,
-        ) from exc
+        raise _unreachable(kafka, exc) from exc
     try:
         tps = await partitions_of(kafka, topic)
         ends = await consumer.end_offsets(tps)
