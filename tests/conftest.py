@@ -46,6 +46,18 @@ async def partitions_of(kafka: KafkaSettings, topic: str) -> list[int]:
         await admin.close()
 
 
+async def end_offsets(kafka: KafkaSettings, topic: str, *, nonempty: bool = False) -> dict[int, int]:
+    """Each partition's end offset (only partitions holding records, if ``nonempty``)."""
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs())
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await partitions_of(kafka, topic)]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: offset for tp, offset in ends.items() if offset > 0 or not nonempty}
+    finally:
+        await consumer.stop()
+
+
 def free_ports(count: int) -> list[int]:
     """Distinct loopback ports that were free a moment ago."""
     sockets = [socket.socket() for _ in range(count)]

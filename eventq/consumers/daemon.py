@@ -90,7 +90,6 @@ class Consumer:
         self._slice_done = asyncio.Event()
         self._committer: Committer | None = None
         self._recorder: Recorder | None = None
-        self._dead_letter_topics: dict[str, str] = {}
         self._retry_topics: frozenset[str] = frozenset()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -191,9 +190,8 @@ class Consumer:
                 f"topic(s) {', '.join(missing)} do not exist; create them (eventq topics create "
                 f"{' '.join(missing)})"
             )
-        self._dead_letter_topics = {t: s.dead_letter_topic_for(t) for t in self.topics}
         # derived topic -> the source topic it serves (for its partition count)
-        derived = {dlt: t for t, dlt in self._dead_letter_topics.items()}
+        derived = {s.dead_letter_topic_for(t): t for t in self.topics}
         retry_handlers = [h for h in self.app.handlers.values() if h.retry_topics]
         levels = max(((h.max_attempts or s.max_attempts) - 1 for h in retry_handlers), default=0)
         retry_names = {retry_topic(t, n): t for t in self.topics for n in range(1, levels + 1)}
@@ -431,8 +429,7 @@ class Consumer:
     async def _send_dead_letters(self, result: SliceResult) -> None:
         """Publish the slice's dead letters and retry records; retry until the broker acknowledges all."""
         records = [
-            (self._dead_letter_topics.get(d.topic) or self.settings.dead_letter_topic_for(d.topic), d.key, d.value,
-             dead_letter_headers(d))
+            (self.settings.dead_letter_topic_for(d.topic), d.key, d.value, dead_letter_headers(d))
             for d in result.letters
         ]
         records.extend(result.handoffs)

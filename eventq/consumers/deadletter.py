@@ -42,6 +42,14 @@ PREFIX = "eventq-dlt-"
 MAX_MESSAGE_BYTES = 2_000
 MAX_STACK_BYTES = 8_000
 
+# Headers `eventq dlq replay` adds to a republished dead letter (see eventq.dlq.replay);
+# the daemon reads the count to let a replayed dead letter run its handler again.
+REPLAY_PREFIX = "eventq-replay-"
+REPLAY_COUNT = REPLAY_PREFIX + "count"
+REPLAY_FROM = REPLAY_PREFIX + "from"
+REPLAY_RUN = REPLAY_PREFIX + "run"
+REPLAY_AT = REPLAY_PREFIX + "at"
+
 REASON_EXHAUSTED = "exhausted"
 REASON_REJECTED = "rejected"
 REASON_INVALID = "invalid"

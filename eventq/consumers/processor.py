@@ -39,6 +39,7 @@ from eventq.consumers.deadletter import (
     REASON_INVALID,
     REASON_REJECTED,
     REASON_UNKNOWN_TYPE,
+    REPLAY_COUNT,
     DeadLetter,
     Failure,
 )
@@ -51,8 +52,6 @@ from eventq.schemas.correlation import caused_by, enter_cause, exit_cause
 from eventq.schemas.envelope import Event, decode
 
 log = structlog.get_logger("eventq.consumer")
-
-REPLAY_COUNT_HEADER = "eventq-replay-count"  # set by eventq.dlq.replay
 
 
 class Item:
@@ -118,7 +117,7 @@ class SliceResult:
 
 def is_replayed(record: Any) -> bool:
     """True if the record was republished from a dead-letter topic (``eventq dlq replay``)."""
-    return any(name == REPLAY_COUNT_HEADER for name, _ in record.headers or ())
+    return any(name == REPLAY_COUNT for name, _ in record.headers or ())
 
 
 def backoff_delay(attempt: int, settings: ConsumerSettings) -> float:

@@ -29,24 +29,17 @@ the commit), a retry topic, ``processed_events`` or the dead-letter topic.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 PREFIX = "eventq-retry-"
-_LEVEL = re.compile(r"^(?P<origin>.+)\.retry\.(?P<level>[0-9]+)$")
 
 
 def retry_topic(origin: str, level: int) -> str:
     """The retry topic for events of ``origin`` that failed ``level`` times."""
     return f"{origin}.retry.{level}"
-
-
-def is_retry_topic(topic: str) -> bool:
-    """True for a name of the ``<topic>.retry.<n>`` form."""
-    return _LEVEL.match(topic) is not None
 
 
 @dataclass(frozen=True, slots=True)

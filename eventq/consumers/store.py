@@ -99,13 +99,9 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
         return applied
 
 
-async def already_processed(db: Executor, group: str, event_ids: Sequence[str]) -> set[str]:
-    """The ids among ``event_ids`` that ``group`` has finished (one query per batch)."""
-    return set(await finished(db, group, event_ids))
-
-
 async def finished(db: Executor, group: str, event_ids: Sequence[str]) -> dict[str, str]:
-    """Outcome (handled, dead_lettered, skipped) of each id among ``event_ids`` that ``group`` finished."""
+    """Outcome (handled, dead_lettered, skipped) of each id among ``event_ids`` that ``group`` finished
+    (one query per batch)."""
     if not event_ids:
         return {}
     # Ids travel as one comma-joined text parameter: asyncpg's per-element array

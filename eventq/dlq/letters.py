@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,14 +26,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from eventq.config import KafkaSettings
 from eventq.consumers.deadletter import PREFIX as EVENTQ_DLT
+from eventq.consumers.deadletter import REPLAY_COUNT, REPLAY_FROM, REPLAY_PREFIX
 from eventq.errors import ConsumerError
 from eventq.kafka import partition_counts
-
-REPLAY_PREFIX = "eventq-replay-"
-REPLAY_COUNT = REPLAY_PREFIX + "count"
-REPLAY_FROM = REPLAY_PREFIX + "from"
-REPLAY_RUN = REPLAY_PREFIX + "run"
-REPLAY_AT = REPLAY_PREFIX + "at"
 
 # header name -> Letter field, per dialect
 _SPRING = {
@@ -324,8 +319,3 @@ async def scan(
                     del remaining[tp]
     finally:
         await consumer.stop()
-
-
-def source_topics(letters: Sequence[Letter]) -> set[str]:
-    """The distinct source topics named by ``letters``."""
-    return {letter.source_topic for letter in letters if letter.source_topic}

@@ -47,7 +47,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from eventq.config import KafkaSettings
-from eventq.dlq.letters import REPLAY_AT, REPLAY_COUNT, REPLAY_FROM, REPLAY_RUN, Letter, admin_client, scan
+from eventq.consumers.deadletter import REPLAY_AT, REPLAY_COUNT, REPLAY_FROM, REPLAY_RUN
+from eventq.dlq.letters import Letter, admin_client, scan
 from eventq.errors import ConfigError, ConsumerError, EventqError
 from eventq.kafka import translate
 

@@ -6,6 +6,15 @@ import asyncio
 import contextlib
 
 
+async def proxy_database(url: str) -> tuple[TcpProxy, str]:
+    """A started proxy in front of the PostgreSQL of ``url``, and the URL that goes through it."""
+    host_port = url.split("@", 1)[1].split("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    return proxy, url.replace(host_port, f"127.0.0.1:{proxy.port}")
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target; ``cut()`` simulates the target vanishing."""
 

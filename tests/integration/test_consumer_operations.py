@@ -21,7 +21,7 @@ from eventq.kafka import create_topics
 from eventq.schemas import Event
 from tests.conftest import Reader, TopicFactory
 from tests.integration.consumer_kit import committed, consumer_settings, order, publish, rows, run_until_idle
-from tests.integration.tcp_proxy import TcpProxy
+from tests.integration.tcp_proxy import proxy_database
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -122,10 +122,7 @@ async def test_a_database_outage_pauses_the_daemon_which_resumes_without_loss(
 ) -> None:
     """PostgreSQL unreachable for 3 s mid-stream: one log line each way, then every event recorded exactly once."""
     topic = await new_topic(partitions=3)
-    host_port = database.split("@", 1)[1].split("/", 1)[0]
-    proxy = TcpProxy(host_port.split(":")[0], int(host_port.split(":")[1]))
-    await proxy.start()
-    proxied = database.replace(host_port, f"127.0.0.1:{proxy.port}")
+    proxy, proxied = await proxy_database(database)
     events = [order(n, key=f"c{n}") for n in range(600)]
     app = App("t", topics=[topic])
     handled: Counter[str] = Counter()
@@ -163,16 +160,13 @@ async def test_health_endpoint_reports_live_and_ready_and_not_ready_while_the_da
 ) -> None:
     """/livez is 200 while the loop runs; /readyz 200 once assigned, 503 while PostgreSQL is unreachable, 200 after."""
     topic = await new_topic(partitions=2)
-    host_port = database.split("@", 1)[1].split("/", 1)[0]
-    proxy = TcpProxy(host_port.split(":")[0], int(host_port.split(":")[1]))
-    await proxy.start()
+    proxy, proxied = await proxy_database(database)
     app = App("t", topics=[topic])
 
     @app.handler(ORDER)
     async def handle(event: Event, ctx: Context) -> None:
         pass
 
-    proxied = database.replace(host_port, f"127.0.0.1:{proxy.port}")
     daemon = Consumer(app, consumer_settings(kafka_settings, proxied, topic, health_port=0))
     running = asyncio.create_task(daemon.run())
     await wait_for(lambda: _has_health(daemon))
@@ -305,7 +299,7 @@ async def _ready(port: int) -> str | None:
 async def test_a_broker_outage_pauses_the_daemon_which_resumes_without_loss(
     broker: KafkaBroker, database: str
 ) -> None:
-    """Its broker stopped for a few seconds mid-stream and restarted: the daemon carries on, one row per event."""
+    """Its broker stopped mid-stream: the daemon reports not ready, carries on after the restart, one row per event."""
     await asyncio.to_thread(broker.start)
     kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{broker.port}")
     topic = "outage.orders"
@@ -319,13 +313,16 @@ async def test_a_broker_outage_pauses_the_daemon_which_resumes_without_loss(
     async def handle(event: Event, ctx: Context) -> None:
         handled[event.id] += 1
 
-    settings = consumer_settings(kafka, database, topic)
+    settings = consumer_settings(kafka, database, topic, health_port=0)
     daemon = Consumer(app, settings)
     running = asyncio.create_task(daemon.run())
     await wait_for(lambda: _row_count_is(database, settings.group_id or "", 300), timeout=60)
     await asyncio.to_thread(broker.stop)
     await asyncio.sleep(3)
     assert not running.done()  # the daemon does not die with its broker
+    assert daemon.health is not None
+    away = await _get(daemon.health.port, "/readyz")
+    assert away.startswith("HTTP/1.1 503") and '"broker_ok":false' in away  # and says it is not ready
     await asyncio.to_thread(broker.start)
     await publish(kafka, topic, second)
     await wait_for(lambda: _row_count_is(database, settings.group_id or "", 600), timeout=90)

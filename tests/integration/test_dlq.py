@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -18,7 +19,7 @@ from eventq.consumers import App, Context
 from eventq.dlq import Filters, archive, find, replay, summarize
 from eventq.errors import Reject
 from eventq.schemas import Event, decode
-from tests.conftest import TopicFactory, partitions_of
+from tests.conftest import TopicFactory, end_offsets, partitions_of
 from tests.integration.consumer_kit import committed, consumer_settings, order, publish, rows, run_until_idle
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -123,7 +124,7 @@ async def test_each_filter_selects_its_letters_and_a_dry_run_changes_nothing(
     timed_out = [e for e in failing if not e.data["amount_cents"] % 2]
     letters = {letter.event_id: letter for letter in await _all(kafka_settings, dlt)}
     split = sorted(letter.time for letter in letters.values())[len(letters) // 2]
-    ends_before = await _ends(kafka_settings, topic)
+    ends_before = await end_offsets(kafka_settings, topic)
 
     async def count(**criteria: object) -> int:
         report = await replay(kafka_settings, dlt, Filters(**criteria), dry_run=True)  # type: ignore[arg-type]
@@ -140,7 +141,7 @@ async def test_each_filter_selects_its_letters_and_a_dry_run_changes_nothing(
     assert await count(since=split) == sum(1 for x in letters.values() if x.time >= split)
     assert await count(until=split) == sum(1 for x in letters.values() if x.time < split)
     assert await count(error_type="Reject", key="k0") == sum(1 for e in rejected if e.key == "k0")
-    assert await _ends(kafka_settings, topic) == ends_before  # nothing republished
+    assert await end_offsets(kafka_settings, topic) == ends_before  # nothing republished
 
 
 async def test_rate_limit_spreads_the_republished_records(
@@ -312,16 +313,6 @@ def _header(record: object, name: str) -> bytes | None:
     return dict(getattr(record, "headers", ()) or ()).get(name)
 
 
-async def _ends(kafka: KafkaSettings, topic: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs())
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(kafka, topic)]
-        return {tp.partition: o for tp, o in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
-
-
 async def test_a_letter_the_broker_refuses_is_not_counted_as_replayed_nor_passed(
     kafka_settings: KafkaSettings, new_topic: TopicFactory
 ) -> None:
@@ -343,3 +334,28 @@ async def test_a_letter_the_broker_refuses_is_not_counted_as_replayed_nor_passed
 
     assert await committed(kafka_settings, "eventq-replay.too-big", dlt) == {}
     assert await _records(kafka_settings, small) == []  # the small letter's transaction was rolled back too
+
+
+async def test_archive_before_a_time_takes_only_each_partitions_old_prefix(
+    kafka_settings: KafkaSettings, new_topic: TopicFactory, tmp_path: Path
+) -> None:
+    """--before T archives and deletes a partition's letters up to its first newer one, never an older one after it."""
+    from datetime import UTC, datetime
+
+    dlt = await new_topic(partitions=1)
+    day = 86_400_000
+    now = int(time.time() * 1000)
+    stamps = [now - 3 * day, now - 2 * day, now, now - 3 * day]  # the last is old but sits behind a new one
+    raw = AIOKafkaProducer(**kafka_settings.client_kwargs())
+    await raw.start()
+    for n, stamp in enumerate(stamps):
+        await raw.send_and_wait(dlt, f"letter-{n}".encode(), timestamp_ms=stamp, headers=[])
+    await raw.stop()
+    path = tmp_path / "old.jsonl"
+
+    counts = await archive(kafka_settings, dlt, path, before=datetime.fromtimestamp((now - day) / 1000, UTC),
+                           delete=True)
+
+    assert counts == {0: 2}
+    assert [json.loads(line)["payload"] for line in path.read_text().splitlines()] == ["letter-0", "letter-1"]
+    assert [letter.value for letter in await _all(kafka_settings, dlt)] == [b"letter-2", b"letter-3"]

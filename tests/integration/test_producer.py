@@ -7,13 +7,12 @@ import time
 from collections import defaultdict
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from eventq.config import KafkaSettings
 from eventq.errors import BrokerUnavailable, MessageTooLarge, SchemaViolation, TopicNotFound
 from eventq.producers import Producer, ProducerSettings
 from eventq.schemas import Event, caused_by, decode
-from tests.conftest import Reader, TopicFactory, partitions_of
+from tests.conftest import Reader, TopicFactory, end_offsets
 
 pytestmark = pytest.mark.kafka
 
@@ -24,17 +23,6 @@ def ping(n: int, key: str | None = None) -> Event:
 
 def producer_for(kafka: KafkaSettings, **overrides: object) -> Producer:
     return Producer(ProducerSettings(kafka=kafka, **overrides))  # type: ignore[arg-type]
-
-
-async def end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs())
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(kafka, topic)]
-        ends = await consumer.end_offsets(tps)
-        return {tp.partition: offset for tp, offset in ends.items()}
-    finally:
-        await consumer.stop()
 
 
 async def test_publish_reports_where_the_broker_stored_the_event(

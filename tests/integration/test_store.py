@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from eventq.cli import main
-from eventq.consumers.store import MIGRATIONS, Processed, already_processed, migrate, purge, record
+from eventq.consumers.store import MIGRATIONS, Processed, finished, migrate, purge, record
 from eventq.database import DatabaseSettings, connect
 from eventq.errors import DatabaseUnavailable
 from eventq.schemas.envelope import new_event_id
@@ -35,8 +35,8 @@ async def test_recorded_events_are_found_for_their_group_only(conn: asyncpg.Conn
     """One lookup returns exactly the ids the group recorded; another group sees none of them."""
     ids = [new_event_id() for _ in range(500)]
     await record(conn, "billing", [done(i, offset=n) for n, i in enumerate(ids[:300])])
-    assert await already_processed(conn, "billing", ids) == set(ids[:300])
-    assert await already_processed(conn, "shipping", ids) == set()
+    assert set(await finished(conn, "billing", ids)) == set(ids[:300])
+    assert set(await finished(conn, "shipping", ids)) == set()
 
 
 async def test_recording_twice_keeps_one_row_and_only_a_dead_letter_becomes_handled(conn: asyncpg.Connection) -> None:
@@ -57,7 +57,7 @@ async def test_rows_written_in_a_rolled_back_transaction_do_not_exist(conn: asyn
         async with conn.transaction():
             await record(conn, "billing", [done(event_id)])
             raise RuntimeError("handler side effect failed")
-    assert await already_processed(conn, "billing", [event_id]) == set()
+    assert set(await finished(conn, "billing", [event_id])) == set()
 
 
 async def test_purge_deletes_only_rows_older_than_the_age(conn: asyncpg.Connection) -> None:
@@ -69,7 +69,7 @@ async def test_purge_deletes_only_rows_older_than_the_age(conn: asyncpg.Connecti
                        uuid.UUID(recent))
     assert await purge(conn, timedelta(days=30), group="shipping") == 1
     assert await purge(conn, timedelta(days=30)) == 1
-    assert await already_processed(conn, "billing", [old, recent]) == {recent}
+    assert set(await finished(conn, "billing", [old, recent])) == {recent}
 
 
 async def test_concurrent_migrations_apply_each_version_once(database: str) -> None:

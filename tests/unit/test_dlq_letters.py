@@ -8,13 +8,13 @@ import struct
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 import pytest
 
 from eventq.consumers.deadletter import DeadLetter, Failure, dead_letter_headers
 from eventq.dlq.inspect import TopicSummary, archive_line
 from eventq.dlq.letters import Letter, parse
+from tests.unit.fakes import Record
 
 SOURCE_MS = 1714564800123  # 2024-05-01T12:00:00.123Z: the failed record's own timestamp
 DLT_MS = 1714564860456  # 2024-05-01T12:01:00.456Z: when it was dead-lettered
@@ -33,14 +33,6 @@ PAYMENT_DECLINED = Failure(
 )
 
 
-class Record(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]]
 
 
 def dead_letter(headers: list[tuple[str, bytes | None]], *, value: bytes | None = b'{"order_id": "o-1"}') -> Record:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any
 
 import click
 import pytest
@@ -17,6 +17,7 @@ from eventq.dlq.commands import parse_range, parse_rate, parse_time
 from eventq.dlq.letters import Letter, parse
 from eventq.dlq.replay import Filters, ReplayReport, _decide, _newness, _replay_headers
 from eventq.errors import ConfigError
+from tests.unit.fakes import Record
 
 DLT_MS = 1714564860456  # 2024-05-01T12:01:00.456Z
 DEAD_LETTERED = datetime(2024, 5, 1, 12, 1, 0, 456000, UTC)
@@ -26,14 +27,6 @@ ENVELOPE = [("ce_id", EVENT_ID), ("ce_type", b"demo.order.created.v1"), ("ce_cor
 KNOWN = {"orders", "orders.dlt", "orders-replay"}
 
 
-class Record(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
 
 
 def declined(original: list[tuple[str, bytes]] | None = None) -> Letter:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -16,6 +16,7 @@ from eventq.consumers.store import Processed
 from eventq.errors import InvalidEvent, Reject, RetryLater, SchemaViolation
 from eventq.schemas.envelope import DEFAULT_MAX_EVENT_BYTES, Event, encode
 from eventq.schemas.registry import SchemaRegistry
+from tests.unit.fakes import Record
 
 CREATED = "demo.order.created.v1"
 PAID = "demo.order.paid.v1"
@@ -23,14 +24,6 @@ UNDECLARED = "order.refunded.v1"  # no schema: decoded without validation
 REGISTRY = SchemaRegistry.load(())
 
 
-class Record(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
 
 
 def order(key: str = "customer-7", event_type: str = CREATED, **data: Any) -> Event:

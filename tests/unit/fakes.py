@@ -1,0 +1,17 @@
+"""Small stand-ins shared by unit tests (pure logic only; delivery is tested against real Kafka)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Record(NamedTuple):
+    """The fields of an aiokafka ConsumerRecord that eventq reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
