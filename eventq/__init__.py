@@ -26,10 +26,11 @@ from eventq.errors import (
 )
 from eventq.producers import Failed, Producer, ProducerSettings, Published, PublishReport
 from eventq.schemas import Event, SchemaRegistry, caused_by
-
-__version__ = "0.1.0"
+from eventq.telemetry import Telemetry
+from eventq.version import __version__
 
 __all__ = [
+    "__version__",
     "App",
     "BatchContext",
     "Consumer",
@@ -58,6 +59,7 @@ __all__ = [
     "Published",
     "SchemaRegistry",
     "SchemaViolation",
+    "Telemetry",
     "TopicNotFound",
     "UnknownEventType",
     "caused_by",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from array import array
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -29,7 +30,6 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as ke
 from aiokafka.partitioner import murmur2
-from opentelemetry import propagate, trace
 
 from eventq.errors import BrokerUnavailable, ConfigError, EventError, EventqError, TopicNotFound
 from eventq.kafka import stop_producer, translate
@@ -37,6 +37,9 @@ from eventq.producers.deadlines import AckDeadlines
 from eventq.producers.settings import ProducerSettings
 from eventq.schemas.envelope import Event, RecordParts, encode_parts, record_headers
 from eventq.schemas.registry import SchemaRegistry
+from eventq.telemetry import Telemetry
+from eventq.telemetry import tracing as tr
+from eventq.telemetry.metrics import ProducerMetrics
 
 log = structlog.get_logger("eventq.producer")
 
@@ -138,10 +141,18 @@ class Producer:
     Use as ``async with Producer(settings) as producer:``; ``stop()`` waits up to
     ``delivery_timeout_s`` for events already handed to Kafka to be acknowledged, then
     fails the rest. Construction loads the schemas (ConfigError if a source is bad).
+
+    With tracing on, each ``publish`` makes a ``send {topic}`` span and each event of
+    ``publish_many`` a ``create {topic}`` span, whose context travels in the record's
+    ``traceparent`` header (:mod:`eventq.telemetry.tracing`); with it off, only an
+    active span context is propagated.
     """
 
-    def __init__(self, settings: ProducerSettings | None = None) -> None:
+    def __init__(self, settings: ProducerSettings | None = None, *, telemetry: Telemetry | None = None) -> None:
         self.settings = settings or ProducerSettings()
+        telemetry = telemetry or Telemetry()
+        self._tracing = tr.Tracing(telemetry.tracer_provider)
+        self._metrics = ProducerMetrics(telemetry.meter_provider)
         # Loaded here, not in start(): a bad schema source fails at construction, and
         # callers (the CLI) can validate an event before any connection is made.
         self.registry = SchemaRegistry.load(self.settings.schemas)
@@ -216,18 +227,27 @@ class Producer:
         """
         name = self._topic(topic)
         self.registry.validate(event.type, event.data)
-        record = encode_parts(
-            event, max_event_bytes=self.settings.max_event_bytes, trace_headers=self._trace_headers()
-        )
         if self._aio is None:
             raise RuntimeError("Producer is not started; use 'async with Producer(...)'")
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Outcome] = loop.create_future()
-        self._queued.setdefault(name, []).append((event.id, record, waiter))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._start_flushes)
-        outcome = await waiter
+        span = self._tracing.send(name, event) if self._tracing.enabled else None
+        try:
+            record = encode_parts(
+                event, max_event_bytes=self.settings.max_event_bytes, trace_headers=tr.trace_headers(span)
+            )
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[Outcome] = loop.create_future()
+            self._queued.setdefault(name, []).append((event.id, record, waiter))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._start_flushes)
+            outcome = await waiter
+        except BaseException as exc:
+            if span is not None:
+                tr.fail(span, exc)
+                span.end()
+            raise
+        if span is not None:
+            _end_send(span, outcome)
         if isinstance(outcome, Failed):
             raise outcome.error
         return outcome
@@ -244,18 +264,56 @@ class Producer:
         """
         name = self._topic(topic)
         items = list(events)
-        trace_headers = self._trace_headers()
         validate = self.registry.validate
         max_bytes = self.settings.max_event_bytes
-        records: list[RecordParts] = []
         for index, event in enumerate(items):
             try:
                 validate(event.type, event.data)
+            except EventError as exc:
+                exc.add_note(f"publish_many: events[{index}] (type {event.type!r}, id {event.id}); nothing was sent")
+                raise
+        if self._tracing.enabled:
+            return await self._publish_traced(name, items)
+        trace_headers = tr.trace_headers()
+        records: list[RecordParts] = []
+        for index, event in enumerate(items):
+            try:
                 records.append(encode_parts(event, max_event_bytes=max_bytes, trace_headers=trace_headers))
             except EventError as exc:
                 exc.add_note(f"publish_many: events[{index}] (type {event.type!r}, id {event.id}); nothing was sent")
                 raise
         return await self._send_records(name, [e.id for e in items], records)
+
+    async def _publish_traced(self, name: str, items: list[Event]) -> PublishReport:
+        """``publish_many`` with a ``create`` span per event and one ``send`` span for the batch."""
+        max_bytes = self.settings.max_event_bytes
+        created = [self._tracing.create(name, event) for event in items]
+        records: list[RecordParts] = []
+        try:
+            for index, (event, span) in enumerate(zip(items, created, strict=True)):
+                try:
+                    records.append(encode_parts(event, max_event_bytes=max_bytes, trace_headers=tr.trace_headers(span)))
+                except EventError as exc:
+                    exc.add_note(
+                        f"publish_many: events[{index}] (type {event.type!r}, id {event.id}); nothing was sent"
+                    )
+                    raise
+        finally:
+            for span in created:
+                span.end()
+        send = self._tracing.send_batch(name, created)
+        try:
+            report = await self._send_records(name, [e.id for e in items], records)
+        except BaseException as exc:
+            tr.fail(send, exc)
+            send.end()
+            raise
+        if not report.ok:
+            failed = report.failed
+            tr.fail(send, f"{len(failed)} of {len(report)} events were not published",
+                    error_type=type(failed[0].error).__qualname__)
+        send.end()
+        return report
 
     def _start_flushes(self) -> None:
         self._flush_scheduled = False
@@ -282,6 +340,7 @@ class Producer:
         report = PublishReport(name, event_ids)
         if not records:
             return report
+        started = time.perf_counter()
         deadline = self._acks.deadline()
         aio = await self._ready(name)
         by_partition = self._group_by_partition(aio, name, records)
@@ -293,6 +352,7 @@ class Producer:
         )
         if report._unresolved():  # every index belongs to exactly one partition's task
             raise RuntimeError("publish_many left an event without an outcome; this is a bug in eventq")
+        self._metrics.sent(name, report._errors.values(), len(records), time.perf_counter() - started)
         return report
 
     def _topic(self, topic: str | None) -> str:
@@ -300,14 +360,6 @@ class Producer:
         if not name:
             raise ConfigError("no topic given; pass topic=... or set default_topic (EVENTQ_TOPIC)")
         return name
-
-    @staticmethod
-    def _trace_headers() -> list[tuple[str, bytes]]:
-        if not trace.get_current_span().get_span_context().is_valid:
-            return []  # no active trace: nothing to propagate, and the common case stays cheap
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        return [(k, v.encode()) for k, v in carrier.items() if k in ("traceparent", "tracestate")]
 
     async def _ready(self, topic: str) -> AIOKafkaProducer:
         """The started client, after checking once that ``topic`` exists."""
@@ -421,3 +473,11 @@ class Producer:
             raise translate(exc, topic=topic, settings=self.settings.kafka) from exc
         return future
 
+
+def _end_send(span: Any, outcome: Outcome) -> None:
+    if isinstance(outcome, Failed):
+        tr.fail(span, outcome.error)
+    else:
+        span.set_attribute(tr.PARTITION, str(outcome.partition))
+        span.set_attribute(tr.OFFSET, outcome.offset)
+    span.end()

@@ -1,0 +1,122 @@
+"""Log lines that say which event, where, and in which trace.
+
+:func:`add_event_context` is a structlog processor: every line logged while an event
+is being handled (by eventq or by the handler, through any structlog logger) gets
+``event_id``, ``event_type``, ``correlation_id``, ``topic``, ``partition``,
+``offset``, ``consumer_group``, ``handler`` and ``attempt``; every line logged inside
+an active span gets ``trace_id`` and ``span_id``. Values passed explicitly win.
+Applications that configure structlog themselves can add the same processor.
+
+:func:`configure_logging` is what the CLI calls (the library never configures
+logging): JSON lines, or a readable console on a terminal; the standard library's
+loggers (aiokafka, asyncpg) are rendered the same way, from WARNING up (or ``level``
+if higher), and a message they repeat (aiokafka logs every reconnect attempt) is shown
+at most once per 30 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from contextvars import ContextVar, Token
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+
+# The work being done in this context: a consumer Context or BatchContext.
+_current: ContextVar[Any] = ContextVar("eventq_log_context", default=None)
+
+REPEAT_WINDOW_S = 30.0
+
+
+def enter_work(ctx: Any) -> Token[Any]:
+    """Log lines from now on (in this context) describe ``ctx``'s event (the consumer's hot path)."""
+    return _current.set(ctx)
+
+
+def exit_work(token: Token[Any]) -> None:
+    _current.reset(token)
+
+
+def add_event_context(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: add the current event's fields and the active span's ids."""
+    ctx = _current.get()
+    if ctx is not None:
+        setdefault = event_dict.setdefault
+        event = getattr(ctx, "event", None)
+        if event is not None:
+            setdefault("event_id", event.id)
+            setdefault("event_type", event.type)
+            setdefault("correlation_id", event.correlation_id)
+            setdefault("offset", ctx.offset)
+        setdefault("topic", ctx.topic)
+        setdefault("partition", ctx.partition)
+        setdefault("consumer_group", ctx.group)
+        setdefault("handler", ctx.handler)
+        setdefault("attempt", ctx.attempt)
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event_dict.setdefault("trace_id", trace.format_trace_id(span_context.trace_id))
+        event_dict.setdefault("span_id", trace.format_span_id(span_context.span_id))
+    return event_dict
+
+
+class _OncePerWindow(logging.Filter):
+    """Let a repeated stdlib message (same logger, same template) through once per window."""
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S) -> None:
+        super().__init__()
+        self._window_s = window_s
+        self._last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._window_s:
+            return False
+        self._last[key] = now
+        return True
+
+
+def configure_logging(*, json_logs: bool | None = None, level: str = "INFO") -> None:
+    """JSON lines when not on a terminal (or asked), readable console otherwise; stdlib logs alike."""
+    if json_logs is None:
+        json_logs = not sys.stderr.isatty()
+    number = logging.getLevelNamesMapping().get(level.upper())
+    if number is None:
+        raise ValueError(f"unknown log level {level!r}; use DEBUG, INFO, WARNING or ERROR")
+    renderer: Any = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        add_event_context,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(number),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Not cached: handlers log rarely, and tests can then capture every logger.
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared, structlog.stdlib.ExtraAdder()],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    handler.addFilter(_OncePerWindow())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # Other libraries (aiokafka, asyncpg) log below WARNING mostly noise: they start there.
+    root.setLevel(max(number, logging.WARNING))
