@@ -15,10 +15,13 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka import errors as ke
+from opentelemetry.trace import SpanContext
 
 from eventq.consumers import store
 from eventq.consumers.health import Status, with_database
 from eventq.consumers.hooks import Hooks
+from eventq.telemetry import tracing as tr
+from eventq.telemetry.tracing import Tracing
 
 log = structlog.get_logger("eventq.consumer")
 
@@ -91,13 +94,22 @@ class Recorder:
 
 
 class Committer:
-    """Commits the offsets slices offer; only offsets of partitions still assigned."""
+    """Commits the offsets slices offer; only offsets of partitions still assigned.
 
-    def __init__(self, consumer: AIOKafkaConsumer, hooks: Hooks, status: Status) -> None:
+    With tracing on, each commit is a ``commit`` span linked to the ``process`` spans
+    of the slices whose offsets it commits.
+    """
+
+    def __init__(
+        self, consumer: AIOKafkaConsumer, hooks: Hooks, status: Status, *, tracing: Tracing | None = None
+    ) -> None:
         self._consumer = consumer
         self._hooks = hooks
         self._status = status
+        self._tracing = tracing or Tracing()
+        self.committed: dict[TopicPartition, int] = {}  # the last offset committed, per partition
         self._pending: dict[TopicPartition, int] = {}
+        self._spans: dict[TopicPartition, list[SpanContext]] = {}
         self._wanted = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -114,15 +126,19 @@ class Committer:
                 pass
             self._task = None
 
-    def offer(self, tp: TopicPartition, offset: int) -> None:
-        """Everything before ``offset`` in ``tp`` is finished: commit it soon."""
+    def offer(self, tp: TopicPartition, offset: int, span: SpanContext | None = None) -> None:
+        """Everything before ``offset`` in ``tp`` is finished: commit it soon (``span``: the slice's)."""
         self._pending[tp] = offset
+        if span is not None:
+            self._spans.setdefault(tp, []).append(span)
         self._wanted.set()
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         """Drop pending offsets of partitions that are no longer ours."""
         for tp in partitions:
             self._pending.pop(tp, None)
+            self._spans.pop(tp, None)
+            self.committed.pop(tp, None)
 
     async def _loop(self) -> None:
         while True:
@@ -146,7 +162,7 @@ class Committer:
                     return
                 await self._hooks.before_commit({(tp.topic, tp.partition): o for tp, o in offsets.items()})
                 try:
-                    await self._consumer.commit(offsets)
+                    await self._commit(offsets)
                 except (ke.CommitFailedError, ke.IllegalStateError, ke.RebalanceInProgressError) as exc:
                     # Partitions moved to another member, which resumes from the last
                     # committed offset and skips what was recorded.
@@ -160,6 +176,21 @@ class Committer:
                 self._settle(offsets)
                 log.debug("consumer.committed", offsets={f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
                 return
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        linked = [sc for tp in offsets for sc in self._spans.pop(tp, ())]
+        if not linked or not self._tracing.enabled:
+            await self._consumer.commit(offsets)
+        else:
+            span = self._tracing.commit(linked, len(offsets))
+            try:
+                await self._consumer.commit(offsets)
+            except BaseException as exc:
+                tr.fail(span, exc)
+                raise
+            finally:
+                span.end()
+        self.committed.update(offsets)
 
     def _settle(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():

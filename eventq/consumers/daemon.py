@@ -26,18 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka import errors as ke
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from eventq.consumers import store
 from eventq.consumers.app import App
 from eventq.consumers.committer import Committer, Recorder
-from eventq.consumers.deadletter import DeadLetterSink, dead_letter_headers
+from eventq.consumers.deadletter import TRACEPARENT, DeadLetterSink, dead_letter_headers
 from eventq.consumers.health import HealthServer, Status, with_database
 from eventq.consumers.hooks import Hooks
 from eventq.consumers.processor import Interrupt, Item, Processor, SliceResult, decode_items
@@ -48,6 +51,10 @@ from eventq.kafka import create_topics, partition_counts
 from eventq.producers.producer import Producer
 from eventq.producers.settings import ProducerSettings
 from eventq.schemas.registry import SchemaRegistry
+from eventq.telemetry import Telemetry
+from eventq.telemetry import tracing as tr
+from eventq.telemetry.metrics import ConsumerMetrics
+from eventq.telemetry.tracing import Tracing
 
 log = structlog.get_logger("eventq.consumer")
 
@@ -61,9 +68,21 @@ class Consumer:
     ``until_idle=True``, once every assigned partition is processed up to its end).
     Startup problems raise :class:`~eventq.errors.ConsumerError`,
     :class:`~eventq.errors.DatabaseUnavailable` or :class:`~eventq.errors.ConfigError`.
+
+    It reports to ``telemetry``'s providers (default: the global ones): spans per
+    slice and per event (:mod:`eventq.telemetry.tracing`), metrics per slice and the
+    lag per partition (:mod:`eventq.telemetry.metrics`), served for Prometheus at
+    ``/metrics`` on the health port.
     """
 
-    def __init__(self, app: App, settings: ConsumerSettings | None = None, *, hooks: Hooks | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        settings: ConsumerSettings | None = None,
+        *,
+        hooks: Hooks | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings = settings or ConsumerSettings()
         self.group = settings.group_id or app.name
@@ -76,13 +95,18 @@ class Consumer:
             raise ConfigError(f"app {app.name!r} has no handlers; register one with @app.handler('type.v1')")
         self.registry = SchemaRegistry.load(app.schemas + settings.schemas)
         self.hooks = hooks or Hooks()
+        self.telemetry = telemetry = telemetry or Telemetry()
+        self._tracing = Tracing(telemetry.tracer_provider)
+        self._metrics = ConsumerMetrics(telemetry.meter_provider, self.group)
         self.status = Status()
         self.health: HealthServer | None = None
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._pool: Any = None
         self._sink = DeadLetterSink(settings.kafka, timeout_s=settings.dead_letter_timeout_s)
-        self._producer = Producer(ProducerSettings(kafka=settings.kafka, schemas=app.schemas + settings.schemas))
+        self._producer = Producer(
+            ProducerSettings(kafka=settings.kafka, schemas=app.schemas + settings.schemas), telemetry=telemetry
+        )
         self._processor: Processor | None = None
         self._slices: dict[TopicPartition, asyncio.Task[None]] = {}
         self._interrupts: dict[TopicPartition, Interrupt] = {}
@@ -91,6 +115,7 @@ class Consumer:
         self._committer: Committer | None = None
         self._recorder: Recorder | None = None
         self._retry_topics: frozenset[str] = frozenset()
+        self._first_fetched: dict[TopicPartition, int] = {}  # per partition, since assigned (for the lag)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -143,15 +168,20 @@ class Consumer:
             )
         await self._start_kafka()
         self._processor = Processor(
-            app=self.app, settings=s, group=self.group, producer=self._producer, pool=self._pool, status=self.status
+            app=self.app, settings=s, group=self.group, producer=self._producer, pool=self._pool, status=self.status,
+            tracing=self._tracing,
         )
         self._processor.retry_topics = self._retry_topics
         assert self._consumer is not None
         self._recorder = Recorder(self._pool, self.group, self.status)
-        self._committer = Committer(self._consumer, self.hooks, self.status)
+        self._committer = Committer(self._consumer, self.hooks, self.status, tracing=self._tracing)
         self._committer.start()
+        self._metrics.read_lag_with(self._lag)
         if s.health_port is not None:
-            self.health = HealthServer(self.status, s.health_host, s.health_port, probe=self._probe)
+            self.health = HealthServer(
+                self.status, s.health_host, s.health_port, probe=self._probe,
+                registry=self.telemetry.prometheus_registry,
+            )
             await self.health.start()
         log.info(
             "consumer.started", group=self.group, topics=list(self.topics), ordering=s.ordering,
@@ -247,7 +277,21 @@ class Consumer:
         except Exception:
             self.status.broker_answers = False
 
+    def _lag(self) -> Iterator[tuple[str, int, int]]:
+        """(topic, partition, records after the last commit) for each assigned partition with a known end."""
+        consumer, committer = self._consumer, self._committer
+        if consumer is None or committer is None:
+            return
+        for tp in list(consumer.assignment()):
+            end = consumer.last_stable_offset(tp)
+            if end is None:
+                continue  # nothing fetched from it yet
+            done = committer.committed.get(tp, self._first_fetched.get(tp))
+            if done is not None:
+                yield tp.topic, tp.partition, max(0, end - done)
+
     async def _close_clients(self) -> None:
+        self._metrics.read_lag_with(None)
         if self._committer is not None:
             await self._committer.stop()
         if self._recorder is not None:
@@ -370,6 +414,7 @@ class Consumer:
                 assert self._consumer is not None
                 self._consumer.seek(tp, batch[0].offset)
                 continue
+            self._first_fetched.setdefault(tp, batch[0].offset)
             items = decode_items(batch, self.app, self.registry, self._producer.settings.max_event_bytes)
             slices[tp] = items
             ids.extend(item.event.id for item in items if item.event is not None)
@@ -387,7 +432,44 @@ class Consumer:
     # -- one partition's slice -------------------------------------------------------
 
     async def _slice(self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[dict[str, str]]) -> None:
+        started = time.perf_counter()
+        span = self._process_span(tp, items) if self._tracing.enabled else None
+        attached = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
+        result: SliceResult | None = None
+        try:
+            result = await self._run_slice(tp, items, seen)
+        except BaseException as exc:
+            if span is not None:
+                tr.fail(span, exc)
+            raise
+        finally:
+            if attached is not None:
+                otel_context.detach(attached)
+            if span is not None:
+                span.end()
+            if result is not None:
+                self._metrics.slice_done(
+                    tp.topic, tp.partition, len(items), result.duplicates, result.retries,
+                    (letter.failure.reason for letter in result.letters), time.perf_counter() - started,
+                )
+
+    def _process_span(self, tp: TopicPartition, items: list[Item]) -> Any:
+        """Start the slice's ``process`` span, linked to each event's creation context (kept on the item)."""
+        creations = []
+        for item in items:
+            event = item.event
+            if event is not None and event.traceparent:
+                item.parent = parent = tr.context_from_traceparent(event.traceparent, event.tracestate)
+                if parent is not None:
+                    creations.append(tr.span_context_of(parent))
+        return self._tracing.process(tp.topic, tp.partition, self.group, creations)
+
+    async def _run_slice(
+        self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[dict[str, str]]
+    ) -> SliceResult | None:
+        """Process, dead-letter, record, offer the commit; the result, or None if the slice failed (rewound)."""
         assert self._processor is not None
+        result: SliceResult | None = None
         try:
             result = await self._processor.run(items, await asyncio.shield(seen), self._interrupts[tp])
             await self.hooks.after_handlers(tp.topic, tp.partition, result)
@@ -399,7 +481,7 @@ class Consumer:
             await self.hooks.after_record(tp.topic, tp.partition, result)
             if result.next_offset > items[0].record.offset:
                 assert self._committer is not None
-                self._committer.offer(tp, result.next_offset)
+                self._committer.offer(tp, result.next_offset, result.span)
             if result.next_offset <= items[-1].record.offset:
                 # Interrupted: the rest of the slice must be fetched again, not skipped.
                 consumer = self._consumer
@@ -416,7 +498,9 @@ class Consumer:
             consumer = self._consumer
             if consumer is not None and tp in consumer.assignment():
                 consumer.seek(tp, items[0].record.offset)
+            tr.fail(trace.get_current_span(), exc)
             await asyncio.sleep(1.0)
+            result = None
         finally:
             del self._slices[tp]
             self._interrupts.pop(tp, None)
@@ -425,22 +509,37 @@ class Consumer:
                 if self._consumer is not None and tp in self._consumer.assignment():
                     self._consumer.resume(tp)
             self._slice_done.set()
+        return result
 
     async def _send_dead_letters(self, result: SliceResult) -> None:
         """Publish the slice's dead letters and retry records; retry until the broker acknowledges all."""
-        records = [
-            (self.settings.dead_letter_topic_for(d.topic), d.key, d.value, dead_letter_headers(d))
-            for d in result.letters
-        ]
+        records = []
+        spans = []
+        for letter in result.letters:
+            topic = self.settings.dead_letter_topic_for(letter.topic)
+            headers = dead_letter_headers(letter)
+            if letter.span is not None and self._tracing.enabled:
+                span = self._tracing.dead_letter(topic, letter.span, letter.failure.reason)
+                traceparent = tr.traceparent_of(span)
+                if traceparent is not None:
+                    headers.append((TRACEPARENT, traceparent.encode()))
+                spans.append(span)
+            records.append((topic, letter.key, letter.value, headers))
         records.extend(result.handoffs)
-        while True:
-            try:
-                await self._sink.send(records)
-            except EventqError as exc:
-                await self.status.broker_down(exc, "dead_letter")
-                continue
-            self.status.broker_up()
-            return
+        try:
+            while True:
+                try:
+                    await self._sink.send(records)
+                except EventqError as exc:
+                    for span in spans:
+                        span.add_event("send_failed", {tr.ERROR_TYPE: type(exc).__qualname__})
+                    await self.status.broker_down(exc, "dead_letter")
+                    continue
+                self.status.broker_up()
+                return
+        finally:
+            for span in spans:
+                span.end()
 
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
         for tp in revoked & set(self._interrupts):
@@ -457,6 +556,8 @@ class Consumer:
             finally:
                 self._committer.forget(revoked)
         self._paused -= revoked
+        for tp in revoked:
+            self._first_fetched.pop(tp, None)
         log.info("consumer.partitions_revoked", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
 
 

@@ -17,6 +17,9 @@ A dead-letter record keeps the original key, value and headers byte for byte (an
 ``eventq-dlt-error-type``   exception class, module-qualified
 ``eventq-dlt-error-message`` its message (at most 2,000 bytes)
 ``eventq-dlt-stacktrace``   its traceback, innermost part (at most 8,000 bytes)
+``eventq-dlt-traceparent``  W3C context of the dead letter's ``send`` span (only
+                            with tracing on): ``eventq dlq replay`` continues the
+                            event's trace from it
 ==========================  ==================================================
 
 The record goes to the dead-letter topic with its original key (so dead letters of
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
+from opentelemetry.trace import SpanContext
 
 from eventq.config import KafkaSettings
 from eventq.errors import PublishTimeout
@@ -49,6 +53,7 @@ REPLAY_COUNT = REPLAY_PREFIX + "count"
 REPLAY_FROM = REPLAY_PREFIX + "from"
 REPLAY_RUN = REPLAY_PREFIX + "run"
 REPLAY_AT = REPLAY_PREFIX + "at"
+TRACEPARENT = PREFIX + "traceparent"
 
 REASON_EXHAUSTED = "exhausted"
 REASON_REJECTED = "rejected"
@@ -109,6 +114,7 @@ class DeadLetter:
     headers: Sequence[tuple[str, bytes]]
     group: str
     failure: Failure
+    span: SpanContext | None = None  # the span that failed the event: parent of the dead letter's send span
 
 
 def _clip(text: str, limit: int, *, tail: bool = False) -> bytes:

@@ -5,6 +5,9 @@
 ``GET /readyz`` 200 when partitions are assigned and Kafka and PostgreSQL both answer
 (each is asked, with a 2 s limit, when the request comes), else 503. Both answer with
 a small JSON body saying why.
+``GET /metrics`` the Prometheus text format of a ``prometheus_client`` registry (by
+default the global one, where the CLI's OpenTelemetry Prometheus reader puts eventq's
+metrics; see :mod:`eventq.telemetry.metrics`).
 
 The server is a few lines on :func:`asyncio.start_server`: two fixed GET routes do
 not justify a web framework dependency (docs/adr/0006-consumer-daemon.md).
@@ -114,9 +117,15 @@ class HealthServer:
     """Serves ``/livez`` and ``/readyz`` for one :class:`Status`."""
 
     def __init__(
-        self, status: Status, host: str, port: int, probe: Callable[[], Awaitable[None]] | None = None
+        self,
+        status: Status,
+        host: str,
+        port: int,
+        probe: Callable[[], Awaitable[None]] | None = None,
+        registry: Any = None,
     ) -> None:
         self.status = status
+        self.registry = registry  # prometheus_client registry for /metrics (None: the global one)
         self.host = host
         self.port = port
         self._probe = probe  # checks the services now (updating ``status``) before /readyz answers
@@ -140,17 +149,21 @@ class HealthServer:
             path = parts[1] if len(parts) >= 2 else ""
             if path == "/readyz" and self._probe is not None:
                 await self._probe()
+            content_type = "application/json"
             state = self.status.as_dict()
-            if path == "/livez":
-                ok = state["live"]
-            elif path == "/readyz":
-                ok = state["ready"]
+            if path == "/metrics":
+                ok, body, content_type = True, *self._metrics()
             else:
-                ok, state = False, {"error": "not found; use /livez or /readyz"}
+                if path == "/livez":
+                    ok = state["live"]
+                elif path == "/readyz":
+                    ok = state["ready"]
+                else:
+                    ok, state = False, {"error": "not found; use /livez, /readyz or /metrics"}
+                body = orjson.dumps(state)
             code = "200 OK" if ok else ("404 Not Found" if "error" in state else "503 Service Unavailable")
-            body = orjson.dumps(state)
             writer.write(
-                f"HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                f"HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n".encode() + body
             )
             await writer.drain()
@@ -158,3 +171,9 @@ class HealthServer:
             pass
         finally:
             writer.close()
+
+    def _metrics(self) -> tuple[bytes, str]:
+        import prometheus_client  # here, not at import: only a scrape needs it
+
+        registry = self.registry if self.registry is not None else prometheus_client.REGISTRY
+        return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST

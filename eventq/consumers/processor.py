@@ -30,6 +30,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanContext
 
 from eventq.consumers import retrytopics, store
 from eventq.consumers.app import App, Handler
@@ -50,6 +53,9 @@ from eventq.errors import EventqError, Reject, RetryLater, UnknownEventType
 from eventq.producers.producer import Producer
 from eventq.schemas.correlation import caused_by, enter_cause, exit_cause
 from eventq.schemas.envelope import Event, decode
+from eventq.telemetry import tracing as tr
+from eventq.telemetry.logs import enter_work, exit_work
+from eventq.telemetry.tracing import Tracing
 
 log = structlog.get_logger("eventq.consumer")
 
@@ -57,7 +63,7 @@ log = structlog.get_logger("eventq.consumer")
 class Item:
     """One fetched record: decoded event (or why it is not one), its handler, whether it is finished."""
 
-    __slots__ = ("record", "event", "invalid", "handler", "done")
+    __slots__ = ("record", "event", "invalid", "handler", "done", "parent")
 
     def __init__(self, record: Any, event: Event | None, invalid: EventqError | None, handler: Handler | None):
         self.record = record
@@ -65,6 +71,7 @@ class Item:
         self.invalid = invalid
         self.handler = handler
         self.done = False
+        self.parent: otel_context.Context | None = None  # the event's creation context (tracing on)
 
 
 class _DatabaseStep(Exception):
@@ -113,6 +120,8 @@ class SliceResult:
     handoffs: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = field(default_factory=list)
     handled: int = 0
     duplicates: int = 0
+    retries: int = 0
+    span: SpanContext | None = None  # the slice's ``process`` span; None when tracing is off
 
 
 def is_replayed(record: Any) -> bool:
@@ -140,8 +149,10 @@ class Processor:
         producer: Producer,
         pool: Any,
         status: Status,
+        tracing: Tracing | None = None,
     ) -> None:
         self.app = app
+        self.tracing = tracing or Tracing()
         self.settings = settings
         self.group = group
         self.producer = producer
@@ -165,6 +176,9 @@ class Processor:
         if not isinstance(seen, Mapping):
             seen = dict.fromkeys(seen, "handled")
         result = SliceResult()
+        if self.tracing.enabled:
+            # The caller's active span is the slice's ``process`` span.
+            result.span = trace.get_current_span().get_span_context()
         todo: list[Item] = []
         in_slice: set[str] = set()
         stop = interrupt or Interrupt()
@@ -177,15 +191,20 @@ class Processor:
             ):
                 result.duplicates += 1
                 item.done = True
+                if result.span is not None:
+                    self._span(item, result).end()
             elif event is None or item.invalid is not None:
                 if event is not None:
                     in_slice.add(event.id)
-                self._dead_letter(result, item, Failure.from_exception(REASON_INVALID, item.invalid or EventqError()))
+                span = self._span(item, result) if result.span is not None and event is not None else None
+                failure = Failure.from_exception(REASON_INVALID, item.invalid or EventqError())
+                self._dead_letter(result, item, failure, span=span)
                 item.done = True
             else:
                 in_slice.add(event.id)
                 if item.handler is None:
-                    self._unknown(result, item)
+                    span = self._span(item, result) if result.span is not None else None
+                    self._unknown(result, item, span)
                     item.done = True
                 else:
                     todo.append(item)
@@ -220,7 +239,7 @@ class Processor:
                     j += 1
                 await self._run_batch(handler, items[i:j], result, stop)
                 i = j
-            elif handler.transactional or items[i].record.topic in self.retry_topics:
+            elif result.span is not None or handler.transactional or items[i].record.topic in self.retry_topics:
                 items[i].done = await self._run_one(handler, items[i], result, stop)
                 i += 1
             else:
@@ -235,12 +254,15 @@ class Processor:
                     self.producer,
                 )
                 token = enter_cause(event.id, event.correlation_id or event.id)
+                work = enter_work(ctx)
                 try:
                     await handler.func(event, ctx)
                 except Exception as exc:
+                    exit_work(work)
                     exit_cause(token)
                     item.done = await self._run_one(handler, item, result, stop, first_error=exc)
                 else:
+                    exit_work(work)
                     exit_cause(token)
                     result.rows.append(store.Processed(event.id, record.topic, record.partition, record.offset))
                     result.handled += 1
@@ -259,7 +281,32 @@ class Processor:
         """Attempt the handler until it succeeds, rejects or runs out of attempts; False if interrupted.
 
         ``first_error`` is the failure of an attempt 1 made by the caller's fast path.
+        With tracing on, all of it happens inside the event's ``handle`` span.
         """
+        work = enter_work(None)
+        span = self._span(item, result) if result.span is not None else None
+        attached = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
+        done = False
+        try:
+            done = await self._attempts(handler, item, result, stop, first_error)
+        except BaseException as exc:
+            if span is not None:
+                tr.fail(span, exc)
+            raise
+        finally:
+            if attached is not None:
+                otel_context.detach(attached)
+            exit_work(work)
+            if span is not None:
+                span.set_attribute(tr.HANDLER, handler.name)
+                if not done:
+                    span.set_attribute(tr.OUTCOME, tr.INTERRUPTED)
+                span.end()
+        return done
+
+    async def _attempts(
+        self, handler: Handler, item: Item, result: SliceResult, stop: Interrupt, first_error: Exception | None
+    ) -> bool:
         event = item.event
         assert event is not None
         record = item.record
@@ -277,6 +324,7 @@ class Processor:
                 event, record.offset, record.topic, record.partition, self.group, handler.name, attempt, self.pool,
                 self.producer,
             )
+            enter_work(ctx)  # reset by _run_one
             try:
                 if pending_error is not None:
                     error, pending_error = pending_error, None
@@ -285,6 +333,7 @@ class Processor:
                     if handler.transactional:
                         if not await self._run_transactional(handler, item, ctx):
                             result.duplicates += 1
+                            _outcome(tr.DUPLICATE, attempt)
                             return True
                     else:
                         await handler.func(event, ctx)
@@ -304,14 +353,20 @@ class Processor:
                     continue
                 now = datetime.now(UTC)
                 first_failure = first_failure or now
+                span = trace.get_current_span()
+                span.record_exception(error)
                 if attempt >= limit:
                     failure = self._failure(REASON_EXHAUSTED, error, handler, attempt, first_failure)
                     self._dead_letter(result, item, failure, state)
                     return True
                 delay = error.delay_s if isinstance(error, RetryLater) else backoff_delay(attempt, self.settings)
+                result.retries += 1
                 if handler.retry_topics:
                     self._hand_off(result, item, state, attempt, delay, first_failure, error)
+                    _outcome(tr.HANDED_OFF, attempt)
                     return True
+                span.add_event("retry_scheduled", {"attempt": attempt, "delay_s": round(delay, 3),
+                                                   tr.ERROR_TYPE: type(error).__qualname__})
                 log.warning(
                     "event.retry_scheduled", event_id=event.id, event_type=event.type, topic=record.topic,
                     partition=record.partition, offset=record.offset, handler=handler.name, attempt=attempt,
@@ -321,6 +376,7 @@ class Processor:
                     return False
                 attempt += 1
                 continue
+            _outcome(tr.HANDLED, attempt)
             if handler.transactional:
                 self.status.database_up()
             elif state is not None:
@@ -399,6 +455,27 @@ class Processor:
             await self.pool.release(conn)
 
     async def _run_batch(self, handler: Handler, items: list[Item], result: SliceResult, stop: Interrupt) -> None:
+        spans = {item.event.id: self._span(item, result) for item in items if item.event is not None} if (
+            result.span is not None) else {}
+        try:
+            await self._batch_attempts(handler, items, result, stop, spans)
+        except BaseException as exc:
+            for span in spans.values():
+                tr.fail(span, exc)
+            raise
+        finally:
+            for span in spans.values():  # the events still pending: interrupted
+                span.set_attribute(tr.HANDLER, handler.name)
+                span.set_attribute(tr.OUTCOME, tr.INTERRUPTED)
+                span.end()
+
+    async def _batch_attempts(
+        self, handler: Handler, items: list[Item], result: SliceResult, stop: Interrupt, spans: dict[str, Span]
+    ) -> None:
+        """Call a batch handler with the pending events until none is left.
+
+        Each event's span leaves ``spans`` when it ends.
+        """
         limit = handler.max_attempts or self.settings.max_attempts
         pending = items
         first_failure: dict[str, datetime] = {}
@@ -411,37 +488,53 @@ class Processor:
                 topic=head.topic, partition=head.partition, group=self.group, handler=handler.name,
                 attempt=attempt, db=self.pool, producer=self.producer,
             )
+            work = enter_work(ctx)
             try:
                 failures = dict(await handler.func(events, ctx) or {})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failures = {item.event.id: exc for item in pending if item.event is not None}
+            finally:
+                exit_work(work)
             retry: list[Item] = []
             delays: list[float] = []
             for item in pending:
                 event = item.event
                 assert event is not None
                 error = failures.get(event.id)
+                span = spans.get(event.id)
                 if error is None:
                     r = item.record
                     result.rows.append(store.Processed(event.id, r.topic, r.partition, r.offset))
                     result.handled += 1
                     item.done = True
+                    if span is not None:
+                        del spans[event.id]
+                        span.set_attribute(tr.HANDLER, handler.name)
+                        span.set_attribute(tr.OUTCOME, tr.HANDLED)
+                        span.set_attribute(tr.ATTEMPTS, attempt)
+                        span.end()
                     continue
                 first = first_failure.setdefault(event.id, datetime.now(UTC))
-                if isinstance(error, Reject):
-                    self._dead_letter(result, item, self._failure(REASON_REJECTED, error, handler, attempt, first))
-                    item.done = True
-                elif attempt >= limit:
-                    self._dead_letter(result, item, self._failure(REASON_EXHAUSTED, error, handler, attempt, first))
+                if span is not None:
+                    span.record_exception(error)
+                if isinstance(error, Reject) or attempt >= limit:
+                    reason = REASON_REJECTED if isinstance(error, Reject) else REASON_EXHAUSTED
+                    if span is not None:
+                        del spans[event.id]
+                        span.set_attribute(tr.HANDLER, handler.name)
+                    self._dead_letter(result, item, self._failure(reason, error, handler, attempt, first), span=span)
                     item.done = True
                 else:
                     retry.append(item)
-                    delays.append(
-                        error.delay_s if isinstance(error, RetryLater) else backoff_delay(attempt, self.settings)
-                    )
+                    delay = error.delay_s if isinstance(error, RetryLater) else backoff_delay(attempt, self.settings)
+                    delays.append(delay)
+                    if span is not None:
+                        span.add_event("retry_scheduled", {"attempt": attempt, "delay_s": round(delay, 3),
+                                                           tr.ERROR_TYPE: type(error).__qualname__})
             if retry:
+                result.retries += len(retry)
                 delay = max(delays)
                 log.warning(
                     "batch.retry_scheduled", topic=head.topic, partition=head.partition, handler=handler.name,
@@ -452,7 +545,17 @@ class Processor:
             pending = retry
             attempt += 1
 
-    def _unknown(self, result: SliceResult, item: Item) -> None:
+    def _span(self, item: Item, result: SliceResult) -> Span:
+        """Start ``item``'s ``handle`` span (tracing on): a child of its creation context, linked to the slice."""
+        event = item.event
+        assert event is not None
+        span = self.tracing.handle(event, item.record, self.group, item.parent, result.span)
+        if item.done:  # decided before any handler ran: a duplicate
+            span.set_attribute(tr.OUTCOME, tr.DUPLICATE)
+            span.add_event("duplicate_skipped")
+        return span
+
+    def _unknown(self, result: SliceResult, item: Item, span: Span | None) -> None:
         event = item.event
         assert event is not None
         r = item.record
@@ -460,6 +563,9 @@ class Processor:
             result.rows.append(store.Processed(event.id, r.topic, r.partition, r.offset, "skipped"))
             log.info("event.unknown_type_skipped", event_id=event.id, event_type=event.type, topic=r.topic,
                      partition=r.partition, offset=r.offset)
+            if span is not None:
+                span.set_attribute(tr.OUTCOME, tr.SKIPPED)
+                span.end()
             return
         known = sorted(self.app.handlers)
         error = UnknownEventType(event.type, known)
@@ -468,6 +574,7 @@ class Processor:
             result, item,
             Failure(reason=REASON_UNKNOWN_TYPE, error_type=f"{type(error).__module__}.{type(error).__qualname__}",
                     message=message),
+            span=span,
         )
 
     @staticmethod
@@ -477,8 +584,18 @@ class Processor:
         return Failure.from_exception(reason, exc, handler=handler.name, attempts=attempts, first_failure=first)
 
     def _dead_letter(
-        self, result: SliceResult, item: Item, failure: Failure, state: retrytopics.RetryState | None = None
+        self,
+        result: SliceResult,
+        item: Item,
+        failure: Failure,
+        state: retrytopics.RetryState | None = None,
+        *,
+        span: Span | None = None,
     ) -> None:
+        """Queue ``item``'s dead letter (and row).
+
+        ``span`` (default: the active one) records it, and is ended if given.
+        """
         r = item.record
         # A record from a retry topic is dead-lettered as the source record it was.
         topic, partition, offset, timestamp = (
@@ -488,12 +605,19 @@ class Processor:
         headers = list(r.headers or ())
         if state is not None:
             headers = retrytopics.original_headers(headers)
+        current = span if span is not None else trace.get_current_span()
+        origin = current.get_span_context()
         result.letters.append(
             DeadLetter(
                 topic=topic, partition=partition, offset=offset, timestamp=timestamp, key=r.key,
                 value=r.value, headers=headers, group=self.group, failure=failure,
+                span=origin if origin.is_valid else None,
             )
         )
+        if origin.is_valid:
+            tr.dead_lettered(current, failure.reason, failure.error_type, failure.message, failure.attempts)
+            if span is not None:
+                span.end()
         event = item.event
         if event is not None:
             # The row is written only after the broker acknowledged the dead letter.
@@ -525,3 +649,10 @@ def decode_items(
                 invalid = exc
         items.append(Item(record, event, invalid, route(event.type)))
     return items
+
+
+def _outcome(outcome: str, attempts: int) -> None:
+    """Note on the active ``handle`` span how the event ended (a no-op when tracing is off)."""
+    span = trace.get_current_span()
+    span.set_attribute(tr.OUTCOME, outcome)
+    span.set_attribute(tr.ATTEMPTS, attempts)

@@ -180,7 +180,7 @@ async def test_readyz_follows_readiness(server: HealthServer) -> None:
 
 
 async def test_unknown_path_is_404(server: HealthServer) -> None:
-    """Any other path answers 404 with a JSON body naming the two routes."""
-    code, _, body = await get(server, "/metrics")
+    """Any other path answers 404 with a JSON body naming the three routes."""
+    code, _, body = await get(server, "/status")
     assert code == 404
-    assert body == {"error": "not found; use /livez or /readyz"}
+    assert body == {"error": "not found; use /livez, /readyz or /metrics"}
