@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from eventq.clikit import kafka_options, kafka_settings, run
+from eventq.clikit import kafka_options, kafka_settings, run, telemetry
 from eventq.dlq.inspect import archive, dead_letter_topics, find, summarize
 from eventq.dlq.letters import Letter
 from eventq.dlq.replay import DEFAULT_MAX_REPLAYS, Filters, ReplayReport, replay
@@ -198,12 +198,13 @@ def replay_command(
         click.confirm(f"Replay {len(preview.replayed)} dead letters?", abort=True)
         total = (len(preview.replayed) + preview.filtered + preview.superseded + len(preview.refused)
                  + len(preview.failed))
-    if total and sys.stdout.isatty():
-        with click.progressbar(length=total, label="replaying") as bar:
-            report = run(replay(kafka, topic, filters, run=run_name, rate=rate,
-                                 progress=lambda _letter: bar.update(1), **options))
-    else:
-        report = run(replay(kafka, topic, filters, run=run_name, rate=rate, **options))
+    with telemetry("eventq-dlq"):
+        if total and sys.stdout.isatty():
+            with click.progressbar(length=total, label="replaying") as bar:
+                report = run(replay(kafka, topic, filters, run=run_name, rate=rate,
+                                     progress=lambda _letter: bar.update(1), **options))
+        else:
+            report = run(replay(kafka, topic, filters, run=run_name, rate=rate, **options))
     _print_report(report)
     if report.stopped_at_limit:
         click.echo(f"stopped at --limit {limit}; continue with --run {report.run}")

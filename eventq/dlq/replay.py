@@ -26,6 +26,14 @@ Guarantees:
   restart the replay count and sidestep the loop guard.
 - Every letter scanned is counted exactly once as replayed, filtered, superseded,
   refused or failed (no source topic, target topic missing).
+
+With tracing on, a run is a ``replay {topic}`` span, and each replayed letter a
+``send {source}`` span that is a child of the dead letter's own ``send`` span (its
+``eventq-dlt-traceparent`` header; else the event's original ``traceparent``) and
+linked to the run: the replayed record's ``traceparent`` names that span, so the
+event's processing after the replay continues the event's original trace
+(docs/adr/0010-tracing-model.md). With tracing off, the original ``traceparent`` is
+republished unchanged.
 """
 
 from __future__ import annotations
@@ -47,10 +55,12 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from eventq.config import KafkaSettings
-from eventq.consumers.deadletter import REPLAY_AT, REPLAY_COUNT, REPLAY_FROM, REPLAY_RUN
+from eventq.consumers.deadletter import REPLAY_AT, REPLAY_COUNT, REPLAY_FROM, REPLAY_RUN, TRACEPARENT
 from eventq.dlq.letters import Letter, admin_client, scan
 from eventq.errors import ConfigError, ConsumerError, EventqError
 from eventq.kafka import translate
+from eventq.telemetry import Telemetry
+from eventq.telemetry import tracing as tr
 
 log = structlog.get_logger("eventq.dlq")
 
@@ -178,6 +188,7 @@ async def replay(
     limit: int | None = None,
     dry_run: bool = False,
     progress: Callable[[Letter], None] | None = None,
+    telemetry: Telemetry | None = None,
 ) -> ReplayReport:
     """Replay the dead letters of ``topic`` that match ``filters``; see the module docstring.
 
@@ -211,6 +222,8 @@ async def replay(
         if producer is not None:
             await producer.stop()
         raise
+    tracing = tr.Tracing((telemetry or Telemetry()).tracer_provider)
+    run_span = tracing.replay(topic, name) if producer is not None and tracing.enabled else None
     metadata = filters.checkpoint_metadata()
     limiter = _Rate(rate)
     sent: list[tuple[asyncio.Future[Any], str]] = []  # this transaction's sends, by dead-letter position
@@ -242,9 +255,11 @@ async def replay(
                 report.targets[target] = report.targets.get(target, 0) + 1
                 if producer is not None:
                     await limiter.wait()
-                    future = await producer.send(
-                        target, letter.value, key=letter.key, headers=_replay_headers(letter, name)
-                    )
+                    headers = _replay_headers(letter, name)
+                    span = _replay_span(tracing, run_span, letter, target, headers)
+                    future = await producer.send(target, letter.value, key=letter.key, headers=headers)
+                    if span is not None:
+                        future.add_done_callback(lambda done, span=span: _end_span(span, done))
                     sent.append((future, letter.position))
             if progress is not None:
                 progress(letter)
@@ -263,6 +278,8 @@ async def replay(
             await _commit_chunk(producer, group, topic, pending, metadata)
             open_transaction = False
     except BaseException as exc:
+        if run_span is not None:
+            tr.fail(run_span, exc)
         if producer is not None and open_transaction:
             # The open transaction's records and progress vanish together.
             with contextlib.suppress(Exception):
@@ -276,6 +293,9 @@ async def replay(
     finally:
         if producer is not None:
             await producer.stop()
+        if run_span is not None:
+            run_span.set_attribute("eventq.replay.replayed", len(report.replayed))
+            run_span.end()
     log.info("dlq.replay_finished", run=name, topic=topic, dry_run=dry_run, replayed=len(report.replayed),
              filtered=report.filtered, refused=len(report.refused), failed=len(report.failed))
     return report
@@ -366,6 +386,33 @@ def _decide(
     if target not in known_topics:
         return "failed", f"target topic {target!r} does not exist"
     return "replay", target
+
+
+def _replay_span(
+    tracing: tr.Tracing, run_span: Any, letter: Letter, target: str, headers: list[tuple[str, bytes]]
+) -> Any:
+    """Start a replayed letter's ``send`` span and make ``headers`` carry it (None when tracing is off)."""
+    if run_span is None:
+        return None
+    found = dict(letter.headers)
+    raw = found.get(TRACEPARENT) or found.get("traceparent")
+    tracestate = found.get("tracestate")
+    parent = tr.context_from_traceparent(
+        raw.decode("ascii", "replace") if raw else None, tracestate.decode("ascii", "replace") if tracestate else None
+    )
+    span = tracing.replay_send(target, parent, run_span.get_span_context(), {
+        tr.MESSAGE_ID: letter.event_id or "", "eventq.dead_letter.position": letter.position,
+    })
+    headers[:] = [(n, v) for n, v in headers if n not in ("traceparent", "tracestate")] + tr.trace_headers(span)
+    return span
+
+
+def _end_span(span: Any, future: asyncio.Future[Any]) -> None:
+    if future.cancelled():
+        tr.fail(span, "cancelled")
+    elif future.exception() is not None:
+        tr.fail(span, future.exception())  # type: ignore[arg-type]
+    span.end()
 
 
 def _replay_headers(letter: Letter, run: str) -> list[tuple[str, bytes]]:
