@@ -12,17 +12,16 @@ import asyncio
 import dataclasses
 import gc
 import importlib
-import logging
 import signal
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import click
 import orjson
-import structlog
 
-from eventq.clikit import kafka_options, kafka_settings, run
+from eventq.clikit import kafka_options, kafka_settings, run, telemetry
 from eventq.consumers import store
 from eventq.database import DEFAULT_DATABASE_URL, DatabaseSettings, connect
 from eventq.devstack.commands import dev
@@ -31,27 +30,7 @@ from eventq.errors import EventqError
 from eventq.kafka import create_topics
 from eventq.producers import Producer, ProducerSettings
 from eventq.schemas import Event
-
-
-def configure_logging(*, json_logs: bool | None = None, level: str = "INFO") -> None:
-    """JSON lines when not on a terminal (or asked), readable console otherwise."""
-    if json_logs is None:
-        json_logs = not sys.stderr.isatty()
-    renderer: Any = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        # Not cached: handlers log rarely, and tests can then capture every logger.
-        cache_logger_on_first_use=False,
-    )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+from eventq.telemetry.logs import configure_logging
 
 
 def tune_gc_for_daemon() -> None:
@@ -133,7 +112,8 @@ def publish(
             f"partition {published.partition} offset {published.offset}"
         )
 
-    run(go())
+    with telemetry("eventq-cli"):
+        run(go())
 
 
 @main.group()
@@ -265,7 +245,7 @@ def load_app(ctx: click.Context, param: click.Parameter, value: str) -> Any:
 @click.option("--max-batch-size", type=click.IntRange(min=1), envvar="EVENTQ_MAX_BATCH_SIZE", default=None)
 @click.option("--max-attempts", type=click.IntRange(min=1), envvar="EVENTQ_MAX_ATTEMPTS", default=None)
 @click.option("--health-port", type=click.IntRange(0, 65535), envvar="EVENTQ_HEALTH_PORT", default=None,
-              help="Serve /livez and /readyz on this port (0: any free port).")
+              help="Serve /livez, /readyz and /metrics (Prometheus) on this port (0: any free port).")
 @click.option("--migrate", is_flag=True, help="Apply database migrations before starting.")
 def consume(
     app: Any,
@@ -282,9 +262,10 @@ def consume(
 ) -> None:
     """Run a consumer daemon for MODULE:APP until SIGTERM/SIGINT (or --until-idle).
 
-    Other settings come from EVENTQ_* variables (see the README). On SIGTERM or
-    SIGINT it stops fetching, lets in-flight work finish within the grace period,
-    commits, leaves the group and exits 0.
+    Other settings come from EVENTQ_* variables (see the README); traces and metrics
+    from OTEL_* ones (and EVENTQ_TRACE_FILE). On SIGTERM or SIGINT it stops fetching,
+    lets in-flight work finish within the grace period, commits, leaves the group and
+    exits 0.
     """
     from eventq.consumers import Consumer, ConsumerSettings
 
@@ -301,11 +282,10 @@ def consume(
         if topics:
             overrides["topics"] = topics
         settings = dataclasses.replace(base, **overrides)
-        daemon = Consumer(app, settings)
     except EventqError as exc:
         raise click.ClickException(str(exc)) from exc
 
-    async def go() -> None:
+    async def go(daemon: Consumer) -> None:
         if migrate:
             conn = await connect(settings.database)
             try:
@@ -318,7 +298,12 @@ def consume(
         tune_gc_for_daemon()
         await daemon.run(until_idle=until_idle)
 
-    run(go())
+    with telemetry(settings.group_id or app.name, prometheus=settings.health_port is not None):
+        try:
+            daemon = Consumer(app, settings)
+        except EventqError as exc:
+            raise click.ClickException(str(exc)) from exc
+        run(go(daemon))
 
 
 @main.command()
@@ -326,11 +311,60 @@ def consume(
 @database_url_option
 @click.option("--topic", default="demo.orders", show_default=True)
 @click.option("--events", "count", default=1000, show_default=True, type=click.IntRange(min=20))
-def demo(bootstrap_servers: str, database_url: str, topic: str, count: int) -> None:
-    """Publish demo orders, consume them with a daemon, dead-letter the one that always fails."""
-    from eventq.demo import run_demo
+@click.option("--trace-file", envvar="EVENTQ_TRACE_FILE", default=".eventq/demo-spans.jsonl", show_default=True,
+              type=click.Path(dir_okay=False), help="Where to write the demo's spans (replaced each run).")
+def demo(bootstrap_servers: str, database_url: str, topic: str, count: int, trace_file: str) -> None:
+    """Publish demo orders, consume them with a daemon, dead-letter the one that always fails, replay it.
 
-    run(run_demo(kafka_settings(bootstrap_servers), _database(database_url), topic=topic, count=count, echo=click.echo))
+    Ends by printing the failed order's trace from the span file (also: eventq trace ID --file FILE).
+    """
+    from opentelemetry import trace as otel_trace
+
+    from eventq.demo import run_demo
+    from eventq.telemetry.view import journey, load_spans, render
+
+    def show_trace(event_id: str) -> str | None:
+        provider: Any = otel_trace.get_tracer_provider()
+        if hasattr(provider, "force_flush"):
+            provider.force_flush()
+        found = journey(load_spans(trace_file).spans, event_id)
+        if found.is_empty:
+            return None
+        return render(found, color=sys.stdout.isatty()) + f"\n(again: eventq trace {event_id} --file {trace_file})"
+
+    Path(trace_file).parent.mkdir(parents=True, exist_ok=True)
+    Path(trace_file).unlink(missing_ok=True)
+    with telemetry("eventq-demo", trace_file=trace_file):
+        run(run_demo(kafka_settings(bootstrap_servers), _database(database_url), topic=topic, count=count,
+                     echo=click.echo, show_trace=show_trace))
+
+
+@main.command("trace")
+@click.argument("event_id")
+@click.option("--file", "path", envvar="EVENTQ_TRACE_FILE", required=True, type=click.Path(dir_okay=False),
+              help="Span file written with EVENTQ_TRACE_FILE (eventq demo writes .eventq/demo-spans.jsonl).")
+def trace_command(event_id: str, path: str) -> None:
+    """Print the journey of EVENT_ID from a local span file, as trees of spans.
+
+    Shows every trace the event took part in (publish, handling, retries, dead letter,
+    replay, follow-up events) and the spans linked to them (batches, the replay run).
+    Exit 1 if no span names the event.
+    """
+    from eventq.telemetry.view import journey, load_spans, render
+
+    try:
+        spans = load_spans(path)
+    except EventqError as exc:
+        raise click.ClickException(str(exc)) from exc
+    found = journey(spans.spans, event_id)
+    if spans.skipped:
+        click.echo(f"({spans.skipped} lines of {path} are not spans; skipped)", err=True)
+    if found.is_empty:
+        raise click.ClickException(
+            f"no span in {path} has messaging.message.id {event_id}; was tracing on (EVENTQ_TRACE_FILE or "
+            "OTEL_TRACES_EXPORTER) when it was published or handled?"
+        )
+    click.echo(render(found, color=sys.stdout.isatty()))
 
 
 if __name__ == "__main__":

@@ -1,20 +1,23 @@
-"""What every ``eventq`` command group shares: running a coroutine, and the Kafka option.
+"""What every ``eventq`` command group shares: running a coroutine, telemetry, the Kafka option.
 
 Used by :mod:`eventq.cli` and the command groups it adds (``eventq dlq``). Together they
-are the only code that calls ``asyncio.run`` and turns eventq errors into exit codes.
+are the only code that calls ``asyncio.run``, sets up OpenTelemetry and turns eventq
+errors into exit codes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
 
 from eventq.config import KafkaSettings
 from eventq.errors import EventqError
+from eventq.telemetry.setup import TelemetrySettings, configure
 
 T = TypeVar("T")
 
@@ -28,6 +31,21 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         for note in getattr(exc, "__notes__", []):
             message += f"\n  {note}"
         raise click.ClickException(message) from exc
+
+
+@contextmanager
+def telemetry(service_name: str, *, prometheus: bool = False, trace_file: str | None = None) -> Iterator[None]:
+    """OpenTelemetry from the ``OTEL_*`` variables for the block (see :mod:`eventq.telemetry.setup`); flushed after."""
+    try:
+        shutdown = configure(
+            TelemetrySettings.from_env(service_name=service_name, prometheus=prometheus, trace_file=trace_file)
+        )
+    except EventqError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        yield
+    finally:
+        shutdown()
 
 
 def kafka_options(func: Any) -> Any:

@@ -6,8 +6,12 @@
    then dead-lettered, while every other event is handled once and recorded.
 3. Show the dead letter as it sits in ``<topic>.dlt``.
 4. "Fix" the handler (the provider now accepts the order), replay the dead letter with
-   ``eventq.dlq.replay`` and run the daemon again: the order is charged, its row turns
-   from ``dead_lettered`` into ``handled``, and every event has exactly one row.
+   ``eventq.dlq.replay`` and run the daemon again: the order is charged (and its
+   payment published as a follow-up event), its row turns from ``dead_lettered`` into
+   ``handled``, and every event has exactly one row.
+5. With a span file (the CLI writes one), print the declined order's trace: publish,
+   the failed handling with its retries, the dead letter, the replay, the handling
+   after it and the follow-up, all in one trace.
 """
 
 from __future__ import annotations
@@ -53,9 +57,14 @@ def demo_app(topic: str, charged: dict[str, list[int]], *, fixed: bool = False) 
 
     @app.handler("demo.order.created.v1")
     async def charge(event: Event, ctx: Context) -> None:
-        if event.data["order_id"] == DECLINED_ORDER and not fixed:
+        order_id = event.data["order_id"]
+        if order_id == DECLINED_ORDER and not fixed:
             raise RuntimeError(f"payment provider declined {DECLINED_ORDER} (card expired)")
-        charged.setdefault(event.key or "", []).append(int(event.data["order_id"].split("-")[1]))
+        charged.setdefault(event.key or "", []).append(int(order_id.split("-")[1]))
+        if order_id == DECLINED_ORDER:  # (the others' payments are not announced, to keep the demo short)
+            paid = Event(type="demo.order.paid.v1", source=SOURCE, key=event.key,
+                         data={"order_id": order_id, "amount_cents": event.data["amount_cents"]})
+            await ctx.publish(paid, topic=ctx.topic)
 
     @app.handler("demo.order.paid.v1")
     async def paid(event: Event, ctx: Context) -> None:
@@ -65,9 +74,18 @@ def demo_app(topic: str, charged: dict[str, list[int]], *, fixed: bool = False) 
 
 
 async def run_demo(
-    kafka: KafkaSettings, database: DatabaseSettings, *, topic: str, count: int, echo: Callable[[str], None]
+    kafka: KafkaSettings,
+    database: DatabaseSettings,
+    *,
+    topic: str,
+    count: int,
+    echo: Callable[[str], None],
+    show_trace: Callable[[str], str | None] | None = None,
 ) -> None:
-    """Publish ``count`` orders plus a follow-up, consume them with a daemon, check the guarantees."""
+    """Publish ``count`` orders plus a follow-up, consume them with a daemon, check the guarantees.
+
+    ``show_trace(event_id)`` returns the drawn trace of an event (None if there is none).
+    """
     conn = await connect(database)
     try:
         applied = await store.migrate(conn)
@@ -137,6 +155,10 @@ async def run_demo(
     echo(f"recorded     {len(outcomes)}/{len(ours)} events in processed_events "
          f"({handled} handled, {len(outcomes) - handled} dead-lettered)")
     echo(f"per-key order kept for {keys} customers (first pass): {'yes' if in_order else 'NO'}")
+    drawn = show_trace(declined.id) if show_trace is not None else None
+    if drawn:
+        echo(f"trace        of {DECLINED_ORDER} ({declined.id}), from the span file:")
+        echo(drawn)
     if len(outcomes) != len(ours) or outcomes.get(declined.id) != "handled" or not in_order:
         raise SystemExit(1)
 

@@ -34,3 +34,9 @@ async def test_the_demo_publishes_consumes_and_dead_letters_the_declined_order(
     assert "consume      charged 1 more order(s) after the replay" in text
     assert "recorded     62/62 events in processed_events (62 handled, 0 dead-lettered)" in text
     assert "per-key order kept for 49 customers (first pass): yes" in text  # customer-13's only order was declined
+    # the declined order's one trace: failed handling, dead letter, replay, handling, follow-up
+    trace = text[text.index("trace        of order-13"):]
+    for span in ("handle demo.order.created.v1", "outcome=dead_lettered", f"send {topic}.dlt",
+                 "outcome=handled", "handle demo.order.paid.v1", f"replay {topic}.dlt"):
+        assert span in trace, span
+    assert trace.count("\ntrace ") == 1  # one trace for the whole journey (the replay run is a linked span)
