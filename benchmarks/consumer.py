@@ -16,6 +16,13 @@ RSS is its own:
   figures include decoding, schema validation, the dedupe query, recording the rows
   and committing. The process's garbage collector is tuned as ``eventq consume``
   tunes it (``eventq.cli.tune_gc_for_daemon``). Afterwards the group must have exactly N rows in processed_events.
+- **eventq traced**: the same with tracing on: an SDK tracer provider sampling every
+  span (the records carry a sampled ``traceparent``), a batch span processor and an
+  exporter that drops the spans, so the figure is eventq's and the SDK's cost, not an
+  exporter's. Goal (issue 5): at least 0.7x the untraced eventq run.
+
+The topic is filled with tracing on, so every record carries the ``traceparent`` of
+its ``create`` span, as it would from a traced publisher.
 
 Two rates are reported for every scenario. *wall* runs from creating the client to
 its return (group join, and for eventq the idle check and shutdown, included);
@@ -64,12 +71,17 @@ from eventq.kafka import create_topics  # noqa: E402
 from eventq.producers import Producer, ProducerSettings  # noqa: E402
 from eventq.schemas import Event  # noqa: E402
 from eventq.schemas.envelope import decode  # noqa: E402
+from eventq.telemetry import Telemetry  # noqa: E402
 
 PARTITIONS = 6
 CUSTOMERS = 5_000
 CHUNK = 10_000  # events per publish_many call while filling the topic
 NAIVE_MAX = 3_000
-SCENARIOS = {"raw": "raw aiokafka", "naive": "naive consumer", "eventq": "eventq", "eventq-key": "eventq ordering=key"}
+SCENARIOS = {
+    "raw": "raw aiokafka", "naive": "naive consumer", "eventq": "eventq", "eventq-key": "eventq ordering=key",
+    "eventq-traced": "eventq tracing on",
+}
+GOAL_TRACED_RATIO = 0.7
 GOAL_RATE = 50_000
 GOAL_RATIO = 0.4
 INSERT = (
@@ -170,9 +182,26 @@ async def run_eventq(args: argparse.Namespace, group: str, clock: Clock) -> int:
         ordering="key" if args.scenario == "eventq-key" else "partition",
         backoff_jitter=0.0,
     )
+    telemetry = traced_telemetry() if args.scenario == "eventq-traced" else None
     tune_gc_for_daemon()  # as `eventq consume` does
-    await Consumer(app, settings).run(until_idle=True)
+    await Consumer(app, settings, telemetry=telemetry).run(until_idle=True)
+    if telemetry is not None:
+        telemetry.tracer_provider.shutdown()  # type: ignore[union-attr]
     return clock.count
+
+
+def traced_telemetry() -> Telemetry:
+    """Tracing on, every span sampled and processed, then dropped by the exporter."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    return Telemetry(tracer_provider=provider)
 
 
 async def child(args: argparse.Namespace) -> int:
@@ -206,9 +235,11 @@ async def child(args: argparse.Namespace) -> int:
 
 async def fill_topic(kafka: KafkaSettings, topic: str, events: int) -> None:
     await create_topics(kafka, [topic, f"{topic}.dlt"], partitions=PARTITIONS)  # the daemon's DLT, made up front
-    async with Producer(ProducerSettings(kafka=kafka, default_topic=topic)) as producer:
+    telemetry = traced_telemetry()
+    async with Producer(ProducerSettings(kafka=kafka, default_topic=topic), telemetry=telemetry) as producer:
         for i in range(0, events, CHUNK):
             (await producer.publish_many([order(n) for n in range(i, min(events, i + CHUNK))])).raise_for_failures()
+    telemetry.tracer_provider.shutdown()  # type: ignore[union-attr]
 
 
 async def delete_topics(kafka: KafkaSettings, topics: list[str]) -> None:
@@ -265,10 +296,14 @@ def report(results: dict[str, list[dict[str, Any]]]) -> int:
         walls, steadies = (", ".join(f"{r[k]:,.0f}" for r in rs) for k in ("wall", "steady"))
         print(f"  {'':<22} rounds wall: {walls}; steady: {steadies}")
     print("ratios (wall / steady):")
-    for scenario in ("eventq", "eventq-key"):
-        for base in ("raw", "naive"):
+    for scenario, bases in (("eventq", ("raw", "naive")), ("eventq-key", ("raw", "naive")),
+                            ("eventq-traced", ("raw", "eventq"))):
+        for base in bases:
             w, s = (median[scenario][k] / median[base][k] for k in ("wall", "steady"))
             print(f"  {SCENARIOS[scenario]:<20} / {SCENARIOS[base]:<15} {w:>6.2f}x / {s:>6.2f}x")
+    traced = median["eventq-traced"]["steady"] / median["eventq"]["steady"]
+    print(f"goal (issue 5): tracing on >= {GOAL_TRACED_RATIO}x tracing off (steady): {traced:.2f}x, "
+          f"{'met' if traced >= GOAL_TRACED_RATIO else 'not met'}")
     print(f"goals (issue): >= {GOAL_RATE:,} events/s with {PARTITIONS} partitions, >= {GOAL_RATIO}x the raw loop")
     for scenario in ("eventq", "eventq-key"):
         for kind in ("wall", "steady"):
