@@ -239,7 +239,7 @@ class Processor:
                     j += 1
                 await self._run_batch(handler, items[i:j], result, stop)
                 i = j
-            elif result.span is not None or handler.transactional or items[i].record.topic in self.retry_topics:
+            elif handler.transactional or items[i].record.topic in self.retry_topics:
                 items[i].done = await self._run_one(handler, items[i], result, stop)
                 i += 1
             else:
@@ -253,6 +253,8 @@ class Processor:
                     event, record.offset, record.topic, record.partition, self.group, handler.name, 1, self.pool,
                     self.producer,
                 )
+                span = self._span(item, result, handler) if result.span is not None else None
+                attached = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
                 token = enter_cause(event.id, event.correlation_id or event.id)
                 work = enter_work(ctx)
                 try:
@@ -260,10 +262,24 @@ class Processor:
                 except Exception as exc:
                     exit_work(work)
                     exit_cause(token)
-                    item.done = await self._run_one(handler, item, result, stop, first_error=exc)
+                    if attached is not None:
+                        otel_context.detach(attached)
+                    item.done = await self._run_one(handler, item, result, stop, first_error=exc, span=span)
+                except BaseException as exc:  # cancelled: abandoned, redelivered later
+                    exit_work(work)
+                    exit_cause(token)
+                    if span is not None and attached is not None:
+                        otel_context.detach(attached)
+                        tr.fail(span, exc)
+                        span.end()
+                    raise
                 else:
                     exit_work(work)
                     exit_cause(token)
+                    if span is not None and attached is not None:
+                        otel_context.detach(attached)
+                        tr.ended(span, tr.HANDLED, 1)
+                        span.end()
                     result.rows.append(store.Processed(event.id, record.topic, record.partition, record.offset))
                     result.handled += 1
                     item.done = True
@@ -277,14 +293,17 @@ class Processor:
         stop: Interrupt,
         *,
         first_error: Exception | None = None,
+        span: Span | None = None,
     ) -> bool:
         """Attempt the handler until it succeeds, rejects or runs out of attempts; False if interrupted.
 
-        ``first_error`` is the failure of an attempt 1 made by the caller's fast path.
-        With tracing on, all of it happens inside the event's ``handle`` span.
+        ``first_error`` is the failure of an attempt 1 made by the caller's fast path,
+        ``span`` the ``handle`` span it started. With tracing on, all of it happens
+        inside the event's ``handle`` span, which this ends.
         """
         work = enter_work(None)
-        span = self._span(item, result) if result.span is not None else None
+        if span is None and result.span is not None:
+            span = self._span(item, result, handler)
         attached = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
         done = False
         try:
@@ -298,9 +317,8 @@ class Processor:
                 otel_context.detach(attached)
             exit_work(work)
             if span is not None:
-                span.set_attribute(tr.HANDLER, handler.name)
                 if not done:
-                    span.set_attribute(tr.OUTCOME, tr.INTERRUPTED)
+                    tr.ended(span, tr.INTERRUPTED)
                 span.end()
         return done
 
@@ -455,7 +473,7 @@ class Processor:
             await self.pool.release(conn)
 
     async def _run_batch(self, handler: Handler, items: list[Item], result: SliceResult, stop: Interrupt) -> None:
-        spans = {item.event.id: self._span(item, result) for item in items if item.event is not None} if (
+        spans = {item.event.id: self._span(item, result, handler) for item in items if item.event is not None} if (
             result.span is not None) else {}
         try:
             await self._batch_attempts(handler, items, result, stop, spans)
@@ -465,8 +483,7 @@ class Processor:
             raise
         finally:
             for span in spans.values():  # the events still pending: interrupted
-                span.set_attribute(tr.HANDLER, handler.name)
-                span.set_attribute(tr.OUTCOME, tr.INTERRUPTED)
+                tr.ended(span, tr.INTERRUPTED)
                 span.end()
 
     async def _batch_attempts(
@@ -511,9 +528,7 @@ class Processor:
                     item.done = True
                     if span is not None:
                         del spans[event.id]
-                        span.set_attribute(tr.HANDLER, handler.name)
-                        span.set_attribute(tr.OUTCOME, tr.HANDLED)
-                        span.set_attribute(tr.ATTEMPTS, attempt)
+                        tr.ended(span, tr.HANDLED, attempt)
                         span.end()
                     continue
                 first = first_failure.setdefault(event.id, datetime.now(UTC))
@@ -523,7 +538,6 @@ class Processor:
                     reason = REASON_REJECTED if isinstance(error, Reject) else REASON_EXHAUSTED
                     if span is not None:
                         del spans[event.id]
-                        span.set_attribute(tr.HANDLER, handler.name)
                     self._dead_letter(result, item, self._failure(reason, error, handler, attempt, first), span=span)
                     item.done = True
                 else:
@@ -545,13 +559,15 @@ class Processor:
             pending = retry
             attempt += 1
 
-    def _span(self, item: Item, result: SliceResult) -> Span:
+    def _span(self, item: Item, result: SliceResult, handler: Handler | None = None) -> Span:
         """Start ``item``'s ``handle`` span (tracing on): a child of its creation context, linked to the slice."""
         event = item.event
         assert event is not None
-        span = self.tracing.handle(event, item.record, self.group, item.parent, result.span)
+        span = self.tracing.handle(
+            event, item.record, self.group, handler.name if handler else None, item.parent, result.span
+        )
         if item.done:  # decided before any handler ran: a duplicate
-            span.set_attribute(tr.OUTCOME, tr.DUPLICATE)
+            tr.ended(span, tr.DUPLICATE)
             span.add_event("duplicate_skipped")
         return span
 
@@ -564,7 +580,7 @@ class Processor:
             log.info("event.unknown_type_skipped", event_id=event.id, event_type=event.type, topic=r.topic,
                      partition=r.partition, offset=r.offset)
             if span is not None:
-                span.set_attribute(tr.OUTCOME, tr.SKIPPED)
+                tr.ended(span, tr.SKIPPED)
                 span.end()
             return
         known = sorted(self.app.handlers)
@@ -653,6 +669,4 @@ def decode_items(
 
 def _outcome(outcome: str, attempts: int) -> None:
     """Note on the active ``handle`` span how the event ended (a no-op when tracing is off)."""
-    span = trace.get_current_span()
-    span.set_attribute(tr.OUTCOME, outcome)
-    span.set_attribute(tr.ATTEMPTS, attempts)
+    tr.ended(trace.get_current_span(), outcome, attempts)

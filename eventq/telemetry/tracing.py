@@ -34,7 +34,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from eventq.version import __version__
@@ -68,12 +68,24 @@ HANDED_OFF = "retry_handed_off"
 INTERRUPTED = "interrupted"
 
 _W3C = TraceContextTextMapPropagator()
+_EMPTY = otel_context.Context()
 
 
 def context_from_traceparent(traceparent: str | None, tracestate: str | None = None) -> otel_context.Context | None:
     """The remote span context a W3C ``traceparent`` names, as a parent Context; None if absent or invalid."""
     if not traceparent:
         return None
+    if tracestate is None and len(traceparent) == 55 and traceparent.startswith("00-"):
+        # The common case, once per consumed event: the propagator's regex costs twice this.
+        try:
+            parsed = SpanContext(
+                int(traceparent[3:35], 16), int(traceparent[36:52], 16), is_remote=True,
+                trace_flags=TraceFlags(int(traceparent[53:55], 16)),
+            )
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.is_valid and traceparent[35] == traceparent[52] == "-":
+            return trace.set_span_in_context(trace.NonRecordingSpan(parsed), _EMPTY)
     carrier = {"traceparent": traceparent}
     if tracestate:
         carrier["tracestate"] = tracestate
@@ -112,10 +124,14 @@ def fail(span: Span, error: BaseException | str, *, error_type: str | None = Non
     span.set_status(Status(StatusCode.ERROR, str(error)))
 
 
+def ended(span: Span, outcome: str, attempts: int | None = None) -> None:
+    """Note on a ``handle`` span how its event ended (and after how many attempts)."""
+    span.set_attributes({OUTCOME: outcome} if attempts is None else {OUTCOME: outcome, ATTEMPTS: attempts})
+
+
 def dead_lettered(span: Span, reason: str, error_type: str, message: str, attempts: int) -> None:
     """Note on a ``handle`` span that its event was dead-lettered, and why."""
-    span.set_attribute(OUTCOME, DEAD_LETTERED)
-    span.set_attribute(ATTEMPTS, attempts)
+    ended(span, DEAD_LETTERED, attempts)
     span.add_event("dead_lettered", {DEAD_LETTER_REASON: reason, ERROR_TYPE: error_type})
     span.set_status(Status(StatusCode.ERROR, message))
 
@@ -173,8 +189,8 @@ class Tracing:
         )
 
     def handle(
-        self, event: Any, record: Any, group: str, parent: otel_context.Context | None, batch: SpanContext | None,
-        extra_links: Sequence[SpanContext] = (),
+        self, event: Any, record: Any, group: str, handler: str | None, parent: otel_context.Context | None,
+        batch: SpanContext | None,
     ) -> Span:
         """The ``handle {type}`` span of one event: a child of its creation context, linked to the batch."""
         attributes: dict[str, Any] = {
@@ -184,8 +200,9 @@ class Tracing:
         }
         if event.key is not None:
             attributes[KEY] = event.key
+        if handler is not None:
+            attributes[HANDLER] = handler
         links = [Link(batch)] if batch is not None and batch.is_valid else []
-        links.extend(Link(sc) for sc in extra_links)
         return self._tracer.start_span(
             f"handle {event.type}", kind=SpanKind.CONSUMER, context=parent or otel_context.Context(),
             attributes=attributes, links=links,
