@@ -264,43 +264,10 @@ class Producer:
         """
         name = self._topic(topic)
         items = list(events)
-        validate = self.registry.validate
-        max_bytes = self.settings.max_event_bytes
-        for index, event in enumerate(items):
-            try:
-                validate(event.type, event.data)
-            except EventError as exc:
-                exc.add_note(f"publish_many: events[{index}] (type {event.type!r}, id {event.id}); nothing was sent")
-                raise
-        if self._tracing.enabled:
-            return await self._publish_traced(name, items)
-        trace_headers = tr.trace_headers()
-        records: list[RecordParts] = []
-        for index, event in enumerate(items):
-            try:
-                records.append(encode_parts(event, max_event_bytes=max_bytes, trace_headers=trace_headers))
-            except EventError as exc:
-                exc.add_note(f"publish_many: events[{index}] (type {event.type!r}, id {event.id}); nothing was sent")
-                raise
-        return await self._send_records(name, [e.id for e in items], records)
-
-    async def _publish_traced(self, name: str, items: list[Event]) -> PublishReport:
-        """``publish_many`` with a ``create`` span per event and one ``send`` span for the batch."""
-        max_bytes = self.settings.max_event_bytes
-        created = [self._tracing.create(name, event) for event in items]
-        records: list[RecordParts] = []
-        try:
-            for index, (event, span) in enumerate(zip(items, created, strict=True)):
-                try:
-                    records.append(encode_parts(event, max_event_bytes=max_bytes, trace_headers=tr.trace_headers(span)))
-                except EventError as exc:
-                    exc.add_note(
-                        f"publish_many: events[{index}] (type {event.type!r}, id {event.id}); nothing was sent"
-                    )
-                    raise
-        finally:
-            for span in created:
-                span.end()
+        created: list[Any] | None = [] if self._tracing.enabled else None
+        records = self._encode_all(name, items, created)
+        if not created:
+            return await self._send_records(name, [e.id for e in items], records)
         send = self._tracing.send_batch(name, created)
         try:
             report = await self._send_records(name, [e.id for e in items], records)
@@ -314,6 +281,31 @@ class Producer:
                     error_type=type(failed[0].error).__qualname__)
         send.end()
         return report
+
+    def _encode_all(self, topic: str, items: list[Event], created: list[Any] | None) -> list[RecordParts]:
+        """Validate and encode every event; with ``created`` (tracing on) each under its own ``create`` span."""
+        validate = self.registry.validate
+        max_bytes = self.settings.max_event_bytes
+        shared = tr.trace_headers() if created is None else []
+        records: list[RecordParts] = []
+        for index, event in enumerate(items):
+            span = None
+            try:
+                validate(event.type, event.data)
+                if created is not None:
+                    span = self._tracing.create(topic, event)
+                headers = tr.trace_headers(span) if span is not None else shared
+                records.append(encode_parts(event, max_event_bytes=max_bytes, trace_headers=headers))
+            except EventError as exc:
+                exc.add_note(f"publish_many: events[{index}] (type {event.type!r}, id {event.id}); nothing was sent")
+                if span is not None:
+                    tr.fail(span, exc)
+                raise
+            finally:
+                if span is not None and created is not None:
+                    span.end()
+                    created.append(span)
+        return records
 
     def _start_flushes(self) -> None:
         self._flush_scheduled = False
