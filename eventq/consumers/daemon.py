@@ -34,7 +34,6 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka import errors as ke
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from eventq.consumers import store
@@ -433,20 +432,12 @@ class Consumer:
 
     async def _slice(self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[dict[str, str]]) -> None:
         started = time.perf_counter()
-        span = self._process_span(tp, items) if self._tracing.enabled else None
-        attached = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
+        span = self._process_span(tp, items) if self._tracing.enabled else trace.INVALID_SPAN
         result: SliceResult | None = None
         try:
-            result = await self._run_slice(tp, items, seen)
-        except BaseException as exc:
-            if span is not None:
-                tr.fail(span, exc)
-            raise
+            with trace.use_span(span, end_on_exit=True):
+                result = await self._run_slice(tp, items, seen)
         finally:
-            if attached is not None:
-                otel_context.detach(attached)
-            if span is not None:
-                span.end()
             if result is not None:
                 self._metrics.slice_done(
                     tp.topic, tp.partition, len(items), result.duplicates, result.retries,

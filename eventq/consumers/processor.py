@@ -301,25 +301,17 @@ class Processor:
         ``span`` the ``handle`` span it started. With tracing on, all of it happens
         inside the event's ``handle`` span, which this ends.
         """
+        if span is None:
+            span = self._span(item, result, handler) if result.span is not None else trace.INVALID_SPAN
         work = enter_work(None)
-        if span is None and result.span is not None:
-            span = self._span(item, result, handler)
-        attached = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
         done = False
-        try:
-            done = await self._attempts(handler, item, result, stop, first_error)
-        except BaseException as exc:
-            if span is not None:
-                tr.fail(span, exc)
-            raise
-        finally:
-            if attached is not None:
-                otel_context.detach(attached)
-            exit_work(work)
-            if span is not None:
+        with trace.use_span(span, end_on_exit=True):
+            try:
+                done = await self._attempts(handler, item, result, stop, first_error)
+            finally:
+                exit_work(work)
                 if not done:
                     tr.ended(span, tr.INTERRUPTED)
-                span.end()
         return done
 
     async def _attempts(
