@@ -257,27 +257,25 @@ class Processor:
                 attached = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
                 token = enter_cause(event.id, event.correlation_id or event.id)
                 work = enter_work(ctx)
+                error: Exception | None = None
                 try:
                     await handler.func(event, ctx)
                 except Exception as exc:
+                    error = exc
+                except BaseException as exc:  # cancelled: abandoned, delivered again later
+                    if span is not None:
+                        tr.fail(span, exc)
+                        span.end()
+                    raise
+                finally:
                     exit_work(work)
                     exit_cause(token)
                     if attached is not None:
                         otel_context.detach(attached)
-                    item.done = await self._run_one(handler, item, result, stop, first_error=exc, span=span)
-                except BaseException as exc:  # cancelled: abandoned, redelivered later
-                    exit_work(work)
-                    exit_cause(token)
-                    if span is not None and attached is not None:
-                        otel_context.detach(attached)
-                        tr.fail(span, exc)
-                        span.end()
-                    raise
+                if error is not None:
+                    item.done = await self._run_one(handler, item, result, stop, first_error=error, span=span)
                 else:
-                    exit_work(work)
-                    exit_cause(token)
-                    if span is not None and attached is not None:
-                        otel_context.detach(attached)
+                    if span is not None:
                         tr.ended(span, tr.HANDLED, 1)
                         span.end()
                     result.rows.append(store.Processed(event.id, record.topic, record.partition, record.offset))
