@@ -20,8 +20,10 @@ RSS is its own:
   span (the records carry a sampled ``traceparent``), a batch span processor and an
   exporter that drops the spans, so the figure is eventq's and the SDK's cost, not an
   exporter's. Goal (issue 5): at least 0.7x the untraced eventq run.
-- **eventq traced 10%**: the same, but the consumer's sampler records one trace in ten
-  (``TraceIdRatioBased(0.1)``): what a busy service would run with.
+- **eventq traced 10%**: the same daemon (default, parent-based sampler) on a second
+  topic whose publisher sampled one trace in ten (``TraceIdRatioBased(0.1)``): the
+  consumer records the sampled journeys whole and the others not at all, which is how
+  a busy service would run.
 
 The topic is filled with tracing on, so every record carries the ``traceparent`` of
 its ``create`` span, as it would from a traced publisher.
@@ -63,6 +65,7 @@ import asyncpg  # noqa: E402
 import structlog  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 
 from eventq.cli import tune_gc_for_daemon  # noqa: E402
 from eventq.config import KafkaSettings  # noqa: E402
@@ -185,21 +188,16 @@ async def run_eventq(args: argparse.Namespace, group: str, clock: Clock) -> int:
         ordering="key" if args.scenario == "eventq-key" else "partition",
         backoff_jitter=0.0,
     )
-    telemetry = None
-    if args.scenario == "eventq-traced":
-        telemetry = traced_telemetry()
-    elif args.scenario == "eventq-traced-10":
-        telemetry = traced_telemetry(0.1)
+    provider = traced_provider() if args.scenario in ("eventq-traced", "eventq-traced-10") else None
     tune_gc_for_daemon()  # as `eventq consume` does
-    await Consumer(app, settings, telemetry=telemetry).run(until_idle=True)
-    if telemetry is not None:
-        telemetry.tracer_provider.shutdown()  # type: ignore[union-attr]
+    await Consumer(app, settings, telemetry=Telemetry(tracer_provider=provider)).run(until_idle=True)
+    if provider is not None:
+        provider.shutdown()
     return clock.count
 
 
-def traced_telemetry(ratio: float | None = None) -> Telemetry:
-    """Tracing on, every span (or ``ratio`` of the traces) sampled and processed, then dropped by the exporter."""
-    from opentelemetry.sdk.trace import TracerProvider
+def traced_provider(ratio: float | None = None) -> TracerProvider:
+    """Tracing on, every span (or new traces at ``ratio``) sampled and processed, then dropped by the exporter."""
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
     from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
@@ -209,7 +207,7 @@ def traced_telemetry(ratio: float | None = None) -> Telemetry:
 
     provider = TracerProvider(sampler=TraceIdRatioBased(ratio)) if ratio is not None else TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(Drop()))
-    return Telemetry(tracer_provider=provider)
+    return provider
 
 
 async def child(args: argparse.Namespace) -> int:
@@ -241,13 +239,15 @@ async def child(args: argparse.Namespace) -> int:
 # -- parent: topic, database, rounds of subprocesses, report ----------------------------------
 
 
-async def fill_topic(kafka: KafkaSettings, topic: str, events: int) -> None:
+async def fill_topic(kafka: KafkaSettings, topic: str, events: int, sampled: float | None = None) -> None:
+    """``events`` orders on a new topic, published with tracing on (``sampled``: that share of traces)."""
     await create_topics(kafka, [topic, f"{topic}.dlt"], partitions=PARTITIONS)  # the daemon's DLT, made up front
-    telemetry = traced_telemetry()
+    provider = traced_provider(sampled)
+    telemetry = Telemetry(tracer_provider=provider)
     async with Producer(ProducerSettings(kafka=kafka, default_topic=topic), telemetry=telemetry) as producer:
         for i in range(0, events, CHUNK):
             (await producer.publish_many([order(n) for n in range(i, min(events, i + CHUNK))])).raise_for_failures()
-    telemetry.tracer_provider.shutdown()  # type: ignore[union-attr]
+    provider.shutdown()
 
 
 async def delete_topics(kafka: KafkaSettings, topics: list[str]) -> None:
@@ -334,16 +334,18 @@ def parent(args: argparse.Namespace) -> int:
     try:
         asyncio.run(sql(database_url, None))
         asyncio.run(fill_topic(kafka, topic, args.events))
+        asyncio.run(fill_topic(kafka, f"{topic}.sampled10", args.events, sampled=0.1))
         print(f"consumer benchmark: {args.events:,} events on {PARTITIONS} partitions "
               f"(naive: first {min(args.events, NAIVE_MAX):,}), median of {args.repeat}", flush=True)
         run_scenario(args, "raw", topic, database_url)  # warm-up, unmeasured
         results: dict[str, list[dict[str, Any]]] = {s: [] for s in SCENARIOS}
         for _ in range(args.repeat):
             for scenario in SCENARIOS:
-                results[scenario].append(run_scenario(args, scenario, topic, database_url))
+                source = f"{topic}.sampled10" if scenario == "eventq-traced-10" else topic
+                results[scenario].append(run_scenario(args, scenario, source, database_url))
         return report(results)
     finally:
-        asyncio.run(delete_topics(kafka, [topic, f"{topic}.dlt"]))
+        asyncio.run(delete_topics(kafka, [topic, f"{topic}.dlt", f"{topic}.sampled10", f"{topic}.sampled10.dlt"]))
         if name is None:  # a given database: remove only this run's rows
             asyncio.run(sql(database_url, "DELETE FROM processed_events WHERE consumer_group LIKE $1", f"{topic}-%"))
         else:

@@ -21,7 +21,7 @@ from typing import Any
 import click
 import orjson
 
-from eventq.clikit import kafka_options, kafka_settings, run, telemetry
+from eventq.clikit import kafka_options, kafka_settings, run, telemetry_from_env
 from eventq.consumers import store
 from eventq.database import DEFAULT_DATABASE_URL, DatabaseSettings, connect
 from eventq.devstack.commands import dev
@@ -112,7 +112,7 @@ def publish(
             f"partition {published.partition} offset {published.offset}"
         )
 
-    with telemetry("eventq-cli"):
+    with telemetry_from_env("eventq-cli"):
         run(go())
 
 
@@ -298,7 +298,7 @@ def consume(
         tune_gc_for_daemon()
         await daemon.run(until_idle=until_idle)
 
-    with telemetry(settings.group_id or app.name, prometheus=settings.health_port is not None):
+    with telemetry_from_env(settings.group_id or app.name, prometheus=settings.health_port is not None):
         try:
             daemon = Consumer(app, settings)
         except EventqError as exc:
@@ -311,8 +311,8 @@ def consume(
 @database_url_option
 @click.option("--topic", default="demo.orders", show_default=True)
 @click.option("--events", "count", default=1000, show_default=True, type=click.IntRange(min=20))
-@click.option("--trace-file", envvar="EVENTQ_TRACE_FILE", default=".eventq/demo-spans.jsonl", show_default=True,
-              type=click.Path(dir_okay=False), help="Where to write the demo's spans (replaced each run).")
+@click.option("--trace-file", default=".eventq/demo-spans.jsonl", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the demo's spans (the file is replaced each run).")
 def demo(bootstrap_servers: str, database_url: str, topic: str, count: int, trace_file: str) -> None:
     """Publish demo orders, consume them with a daemon, dead-letter the one that always fails, replay it.
 
@@ -327,14 +327,17 @@ def demo(bootstrap_servers: str, database_url: str, topic: str, count: int, trac
         provider: Any = otel_trace.get_tracer_provider()
         if hasattr(provider, "force_flush"):
             provider.force_flush()
-        found = journey(load_spans(trace_file).spans, event_id)
+        try:
+            found = journey(load_spans(trace_file).spans, event_id)
+        except EventqError:  # no span file: tracing was turned off (OTEL_SDK_DISABLED)
+            return None
         if found.is_empty:
             return None
         return render(found, color=sys.stdout.isatty()) + f"\n(again: eventq trace {event_id} --file {trace_file})"
 
     Path(trace_file).parent.mkdir(parents=True, exist_ok=True)
     Path(trace_file).unlink(missing_ok=True)
-    with telemetry("eventq-demo", trace_file=trace_file):
+    with telemetry_from_env("eventq-demo", trace_file=trace_file):
         run(run_demo(kafka_settings(bootstrap_servers), _database(database_url), topic=topic, count=count,
                      echo=click.echo, show_trace=show_trace))
 

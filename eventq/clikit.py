@@ -34,7 +34,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @contextmanager
-def telemetry(service_name: str, *, prometheus: bool = False, trace_file: str | None = None) -> Iterator[None]:
+def telemetry_from_env(service_name: str, *, prometheus: bool = False, trace_file: str | None = None) -> Iterator[None]:
     """OpenTelemetry from the ``OTEL_*`` variables for the block (see :mod:`eventq.telemetry.setup`); flushed after."""
     try:
         shutdown = configure(

@@ -15,12 +15,12 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka import errors as ke
+from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
 from eventq.consumers import store
 from eventq.consumers.health import Status, with_database
 from eventq.consumers.hooks import Hooks
-from eventq.telemetry import tracing as tr
 from eventq.telemetry.tracing import Tracing
 
 log = structlog.get_logger("eventq.consumer")
@@ -109,7 +109,7 @@ class Committer:
         self._tracing = tracing or Tracing()
         self.committed: dict[TopicPartition, int] = {}  # the last offset committed, per partition
         self._pending: dict[TopicPartition, int] = {}
-        self._spans: dict[TopicPartition, list[SpanContext]] = {}
+        self._spans: dict[TopicPartition, list[tuple[int, SpanContext]]] = {}  # (offset offered, slice span)
         self._wanted = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -130,7 +130,7 @@ class Committer:
         """Everything before ``offset`` in ``tp`` is finished: commit it soon (``span``: the slice's)."""
         self._pending[tp] = offset
         if span is not None:
-            self._spans.setdefault(tp, []).append(span)
+            self._spans.setdefault(tp, []).append((offset, span))
         self._wanted.set()
 
     def forget(self, partitions: set[TopicPartition]) -> None:
@@ -178,19 +178,16 @@ class Committer:
                 return
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        linked = [sc for tp in offsets for sc in self._spans.pop(tp, ())]
+        linked = [sc for tp, o in offsets.items() for offered, sc in self._spans.get(tp, ()) if offered <= o]
         if not linked or not self._tracing.enabled:
             await self._consumer.commit(offsets)
         else:
-            span = self._tracing.commit(linked, len(offsets))
-            try:
+            with trace.use_span(self._tracing.commit(linked, len(offsets)), end_on_exit=True):
                 await self._consumer.commit(offsets)
-            except BaseException as exc:
-                tr.fail(span, exc)
-                raise
-            finally:
-                span.end()
         self.committed.update(offsets)
+        for tp, o in offsets.items():  # the slices this commit covered
+            if tp in self._spans:
+                self._spans[tp] = [(offered, sc) for offered, sc in self._spans[tp] if offered > o]
 
     def _settle(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():

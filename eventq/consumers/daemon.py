@@ -35,6 +35,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka import errors as ke
 from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from eventq.consumers import store
 from eventq.consumers.app import App
@@ -147,6 +148,7 @@ class Consumer:
         # (a rebalance drains revoked partitions for up to shutdown_grace_s).
         while True:
             self.status.beat()
+            self._metrics.lag(self._lag())
             await asyncio.sleep(1.0)
 
     async def _start(self) -> None:
@@ -175,7 +177,6 @@ class Consumer:
         self._recorder = Recorder(self._pool, self.group, self.status)
         self._committer = Committer(self._consumer, self.hooks, self.status, tracing=self._tracing)
         self._committer.start()
-        self._metrics.read_lag_with(self._lag)
         if s.health_port is not None:
             self.health = HealthServer(
                 self.status, s.health_host, s.health_port, probe=self._probe,
@@ -281,16 +282,16 @@ class Consumer:
         consumer, committer = self._consumer, self._committer
         if consumer is None or committer is None:
             return
-        for tp in list(consumer.assignment()):
-            end = consumer.last_stable_offset(tp)
-            if end is None:
-                continue  # nothing fetched from it yet
+        for tp in consumer.assignment():
+            try:
+                end = consumer.last_stable_offset(tp)
+            except (AssertionError, ke.KafkaError):  # just revoked
+                continue
             done = committer.committed.get(tp, self._first_fetched.get(tp))
-            if done is not None:
+            if end is not None and done is not None:  # (None: nothing fetched from it yet)
                 yield tp.topic, tp.partition, max(0, end - done)
 
     async def _close_clients(self) -> None:
-        self._metrics.read_lag_with(None)
         if self._committer is not None:
             await self._committer.stop()
         if self._recorder is not None:
@@ -432,19 +433,20 @@ class Consumer:
 
     async def _slice(self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[dict[str, str]]) -> None:
         started = time.perf_counter()
-        span = self._process_span(tp, items) if self._tracing.enabled else trace.INVALID_SPAN
+        traced = trace.use_span(self._process_span(tp, items), end_on_exit=True) if self._tracing.enabled else None
         result: SliceResult | None = None
         try:
-            with trace.use_span(span, end_on_exit=True):
+            with traced or contextlib.nullcontext():
                 result = await self._run_slice(tp, items, seen)
         finally:
             if result is not None:
+                finished = result.next_offset - items[0].record.offset  # the rest is fetched again
                 self._metrics.slice_done(
-                    tp.topic, tp.partition, len(items), result.duplicates, result.retries,
+                    tp.topic, tp.partition, len(items), finished, result.duplicates, result.retries,
                     (letter.failure.reason for letter in result.letters), time.perf_counter() - started,
                 )
 
-    def _process_span(self, tp: TopicPartition, items: list[Item]) -> Any:
+    def _process_span(self, tp: TopicPartition, items: list[Item]) -> Span:
         """Start the slice's ``process`` span, linked to each event's creation context (kept on the item)."""
         creations = []
         for item in items:

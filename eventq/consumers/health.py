@@ -9,7 +9,7 @@ a small JSON body saying why.
 default the global one, where the CLI's OpenTelemetry Prometheus reader puts eventq's
 metrics; see :mod:`eventq.telemetry.metrics`).
 
-The server is a few lines on :func:`asyncio.start_server`: two fixed GET routes do
+The server is a few lines on :func:`asyncio.start_server`: three fixed GET routes do
 not justify a web framework dependency (docs/adr/0006-consumer-daemon.md).
 """
 
@@ -18,16 +18,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
 
 from eventq.database import is_outage
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 log = structlog.get_logger("eventq.consumer")
 
 LIVENESS_WINDOW_S = 30.0
+_JSON = "application/json"
 _OUTAGE_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -114,7 +118,7 @@ async def with_database(status: Status, operation: Any) -> Any:
 
 
 class HealthServer:
-    """Serves ``/livez`` and ``/readyz`` for one :class:`Status`."""
+    """Serves ``/livez`` and ``/readyz`` for one :class:`Status`, and ``/metrics`` from a Prometheus registry."""
 
     def __init__(
         self,
@@ -122,7 +126,7 @@ class HealthServer:
         host: str,
         port: int,
         probe: Callable[[], Awaitable[None]] | None = None,
-        registry: Any = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.status = status
         self.registry = registry  # prometheus_client registry for /metrics (None: the global one)
@@ -146,22 +150,7 @@ class HealthServer:
         try:
             request = await asyncio.wait_for(reader.readline(), 5)
             parts = request.decode("latin-1").split()
-            path = parts[1] if len(parts) >= 2 else ""
-            if path == "/readyz" and self._probe is not None:
-                await self._probe()
-            content_type = "application/json"
-            state = self.status.as_dict()
-            if path == "/metrics":
-                ok, body, content_type = True, *self._metrics()
-            else:
-                if path == "/livez":
-                    ok = state["live"]
-                elif path == "/readyz":
-                    ok = state["ready"]
-                else:
-                    ok, state = False, {"error": "not found; use /livez, /readyz or /metrics"}
-                body = orjson.dumps(state)
-            code = "200 OK" if ok else ("404 Not Found" if "error" in state else "503 Service Unavailable")
+            code, content_type, body = await self._answer(parts[1] if len(parts) >= 2 else "")
             writer.write(
                 f"HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n".encode() + body
@@ -172,8 +161,26 @@ class HealthServer:
         finally:
             writer.close()
 
+    async def _answer(self, path: str) -> tuple[str, str, bytes]:
+        """(status line, content type, body) for a GET of ``path``."""
+        if path == "/metrics":
+            try:
+                body, content_type = self._metrics()
+            except Exception as exc:  # a failing collector: say so instead of dropping the connection
+                log.warning("health.metrics_failed", error_type=type(exc).__name__, error=str(exc))
+                return "500 Internal Server Error", _JSON, orjson.dumps({"error": f"metrics failed: {exc!r}"})
+            return "200 OK", content_type, body
+        if path not in ("/livez", "/readyz"):
+            return "404 Not Found", _JSON, orjson.dumps({"error": "not found; use /livez, /readyz or /metrics"})
+        if path == "/readyz" and self._probe is not None:
+            await self._probe()
+        state = self.status.as_dict()
+        ok = state["live"] if path == "/livez" else state["ready"]
+        return ("200 OK" if ok else "503 Service Unavailable"), _JSON, orjson.dumps(state)
+
     def _metrics(self) -> tuple[bytes, str]:
         import prometheus_client  # here, not at import: only a scrape needs it
 
         registry = self.registry if self.registry is not None else prometheus_client.REGISTRY
-        return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
+        # generate_latest writes the 0.0.4 text format; say so (CONTENT_TYPE_LATEST names 1.0.0).
+        return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_PLAIN_0_0_4

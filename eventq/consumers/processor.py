@@ -192,18 +192,18 @@ class Processor:
                 result.duplicates += 1
                 item.done = True
                 if result.span is not None:
-                    self._span(item, result).end()
+                    self._handle_span(item, result).end()
             elif event is None or item.invalid is not None:
                 if event is not None:
                     in_slice.add(event.id)
-                span = self._span(item, result) if result.span is not None and event is not None else None
+                span = self._handle_span(item, result) if result.span is not None and event is not None else None
                 failure = Failure.from_exception(REASON_INVALID, item.invalid or EventqError())
-                self._dead_letter(result, item, failure, span=span)
+                self._dead_letter(result, item, failure, span=span, end=True)
                 item.done = True
             else:
                 in_slice.add(event.id)
                 if item.handler is None:
-                    span = self._span(item, result) if result.span is not None else None
+                    span = self._handle_span(item, result) if result.span is not None else None
                     self._unknown(result, item, span)
                     item.done = True
                 else:
@@ -253,7 +253,7 @@ class Processor:
                     event, record.offset, record.topic, record.partition, self.group, handler.name, 1, self.pool,
                     self.producer,
                 )
-                span = self._span(item, result, handler) if result.span is not None else None
+                span = self._handle_span(item, result, handler) if result.span is not None else None
                 attached = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
                 token = enter_cause(event.id, event.correlation_id or event.id)
                 work = enter_work(ctx)
@@ -264,6 +264,7 @@ class Processor:
                     error = exc
                 except BaseException as exc:  # cancelled: abandoned, delivered again later
                     if span is not None:
+                        tr.set_outcome(span, tr.INTERRUPTED)
                         tr.fail(span, exc)
                         span.end()
                     raise
@@ -276,7 +277,7 @@ class Processor:
                     item.done = await self._run_one(handler, item, result, stop, first_error=error, span=span)
                 else:
                     if span is not None:
-                        tr.ended(span, tr.HANDLED, 1)
+                        tr.set_outcome(span, tr.HANDLED, 1)
                         span.end()
                     result.rows.append(store.Processed(event.id, record.topic, record.partition, record.offset))
                     result.handled += 1
@@ -299,18 +300,22 @@ class Processor:
         ``span`` the ``handle`` span it started. With tracing on, all of it happens
         inside the event's ``handle`` span, which this ends.
         """
-        if span is None:
-            span = self._span(item, result, handler) if result.span is not None else trace.INVALID_SPAN
-        work = enter_work(None)
-        done = False
-        with trace.use_span(span, end_on_exit=True):
-            try:
-                done = await self._attempts(handler, item, result, stop, first_error)
-            finally:
-                exit_work(work)
-                if not done:
-                    tr.ended(span, tr.INTERRUPTED)
-        return done
+        work = enter_work(None)  # _attempts sets each attempt's context
+        try:
+            if span is None and result.span is None:  # tracing off
+                return await self._attempts(handler, item, result, stop, first_error)
+            if span is None:
+                span = self._handle_span(item, result, handler)
+            done = False
+            with trace.use_span(span, end_on_exit=True):
+                try:
+                    done = await self._attempts(handler, item, result, stop, first_error)
+                finally:
+                    if not done:
+                        tr.set_outcome(span, tr.INTERRUPTED)
+            return done
+        finally:
+            exit_work(work)
 
     async def _attempts(
         self, handler: Handler, item: Item, result: SliceResult, stop: Interrupt, first_error: Exception | None
@@ -332,7 +337,7 @@ class Processor:
                 event, record.offset, record.topic, record.partition, self.group, handler.name, attempt, self.pool,
                 self.producer,
             )
-            enter_work(ctx)  # reset by _run_one
+            enter_work(ctx)  # (the token of _run_one's enter_work restores the outer context)
             try:
                 if pending_error is not None:
                     error, pending_error = pending_error, None
@@ -341,15 +346,16 @@ class Processor:
                     if handler.transactional:
                         if not await self._run_transactional(handler, item, ctx):
                             result.duplicates += 1
-                            _outcome(tr.DUPLICATE, attempt)
+                            _outcome(result, tr.DUPLICATE, attempt, "duplicate_skipped")
                             return True
                     else:
                         await handler.func(event, ctx)
             except asyncio.CancelledError:
                 raise
             except Reject as exc:
+                trace.get_current_span().record_exception(exc)
                 failure = self._failure(REASON_REJECTED, exc, handler, attempt, first_failure)
-                self._dead_letter(result, item, failure, state)
+                self._dead_letter(result, item, failure, state, span=trace.get_current_span())
                 return True
             except Exception as caught:
                 error = caught.error if isinstance(caught, _DatabaseStep) else caught
@@ -365,16 +371,16 @@ class Processor:
                 span.record_exception(error)
                 if attempt >= limit:
                     failure = self._failure(REASON_EXHAUSTED, error, handler, attempt, first_failure)
-                    self._dead_letter(result, item, failure, state)
+                    self._dead_letter(result, item, failure, state, span=span)
                     return True
                 delay = error.delay_s if isinstance(error, RetryLater) else backoff_delay(attempt, self.settings)
                 result.retries += 1
                 if handler.retry_topics:
-                    self._hand_off(result, item, state, attempt, delay, first_failure, error)
-                    _outcome(tr.HANDED_OFF, attempt)
+                    target = self._hand_off(result, item, state, attempt, delay, first_failure, error)
+                    span.add_event("retry_handed_off", tr.retry_attributes(attempt, delay, error, target))
+                    _outcome(result, tr.HANDED_OFF, attempt)
                     return True
-                span.add_event("retry_scheduled", {"attempt": attempt, "delay_s": round(delay, 3),
-                                                   tr.ERROR_TYPE: type(error).__qualname__})
+                span.add_event("retry_scheduled", tr.retry_attributes(attempt, delay, error))
                 log.warning(
                     "event.retry_scheduled", event_id=event.id, event_type=event.type, topic=record.topic,
                     partition=record.partition, offset=record.offset, handler=handler.name, attempt=attempt,
@@ -384,7 +390,7 @@ class Processor:
                     return False
                 attempt += 1
                 continue
-            _outcome(tr.HANDLED, attempt)
+            _outcome(result, tr.HANDLED, attempt)
             if handler.transactional:
                 self.status.database_up()
             elif state is not None:
@@ -403,8 +409,8 @@ class Processor:
         delay: float,
         first_failure: datetime,
         error: Exception,
-    ) -> None:
-        """Republish a failed event to its next retry topic instead of waiting here."""
+    ) -> str:
+        """Republish a failed event to its next retry topic instead of waiting here; that topic."""
         r = item.record
         origin = state or retrytopics.RetryState(
             topic=r.topic, partition=r.partition, offset=r.offset, timestamp=r.timestamp, attempts=0, due_ms=0,
@@ -420,6 +426,7 @@ class Processor:
             partition=origin.partition, offset=origin.offset, retry_topic=target, attempt=attempts,
             delay_s=round(delay, 3), error_type=type(error).__name__, error=str(error),
         )
+        return target
 
     async def _run_transactional(self, handler: Handler, item: Item, ctx: Context) -> bool:
         """Claim the row and run the handler in one transaction; False if already claimed.
@@ -463,8 +470,9 @@ class Processor:
             await self.pool.release(conn)
 
     async def _run_batch(self, handler: Handler, items: list[Item], result: SliceResult, stop: Interrupt) -> None:
-        spans = {item.event.id: self._span(item, result, handler) for item in items if item.event is not None} if (
-            result.span is not None) else {}
+        spans: dict[str, Span] = {}
+        if result.span is not None:
+            spans = {item.event.id: self._handle_span(item, result, handler) for item in items if item.event}
         try:
             await self._batch_attempts(handler, items, result, stop, spans)
         except BaseException as exc:
@@ -473,7 +481,7 @@ class Processor:
             raise
         finally:
             for span in spans.values():  # the events still pending: interrupted
-                tr.ended(span, tr.INTERRUPTED)
+                tr.set_outcome(span, tr.INTERRUPTED)
                 span.end()
 
     async def _batch_attempts(
@@ -518,7 +526,7 @@ class Processor:
                     item.done = True
                     if span is not None:
                         del spans[event.id]
-                        tr.ended(span, tr.HANDLED, attempt)
+                        tr.set_outcome(span, tr.HANDLED, attempt)
                         span.end()
                     continue
                 first = first_failure.setdefault(event.id, datetime.now(UTC))
@@ -528,15 +536,15 @@ class Processor:
                     reason = REASON_REJECTED if isinstance(error, Reject) else REASON_EXHAUSTED
                     if span is not None:
                         del spans[event.id]
-                    self._dead_letter(result, item, self._failure(reason, error, handler, attempt, first), span=span)
+                    failure = self._failure(reason, error, handler, attempt, first)
+                    self._dead_letter(result, item, failure, span=span, end=True)
                     item.done = True
                 else:
                     retry.append(item)
                     delay = error.delay_s if isinstance(error, RetryLater) else backoff_delay(attempt, self.settings)
                     delays.append(delay)
                     if span is not None:
-                        span.add_event("retry_scheduled", {"attempt": attempt, "delay_s": round(delay, 3),
-                                                           tr.ERROR_TYPE: type(error).__qualname__})
+                        span.add_event("retry_scheduled", tr.retry_attributes(attempt, delay, error))
             if retry:
                 result.retries += len(retry)
                 delay = max(delays)
@@ -549,7 +557,7 @@ class Processor:
             pending = retry
             attempt += 1
 
-    def _span(self, item: Item, result: SliceResult, handler: Handler | None = None) -> Span:
+    def _handle_span(self, item: Item, result: SliceResult, handler: Handler | None = None) -> Span:
         """Start ``item``'s ``handle`` span (tracing on): a child of its creation context, linked to the slice."""
         event = item.event
         assert event is not None
@@ -557,7 +565,7 @@ class Processor:
             event, item.record, self.group, handler.name if handler else None, item.parent, result.span
         )
         if item.done:  # decided before any handler ran: a duplicate
-            tr.ended(span, tr.DUPLICATE)
+            tr.set_outcome(span, tr.DUPLICATE)
             span.add_event("duplicate_skipped")
         return span
 
@@ -570,7 +578,7 @@ class Processor:
             log.info("event.unknown_type_skipped", event_id=event.id, event_type=event.type, topic=r.topic,
                      partition=r.partition, offset=r.offset)
             if span is not None:
-                tr.ended(span, tr.SKIPPED)
+                tr.set_outcome(span, tr.SKIPPED)
                 span.end()
             return
         known = sorted(self.app.handlers)
@@ -580,7 +588,7 @@ class Processor:
             result, item,
             Failure(reason=REASON_UNKNOWN_TYPE, error_type=f"{type(error).__module__}.{type(error).__qualname__}",
                     message=message),
-            span=span,
+            span=span, end=True,
         )
 
     @staticmethod
@@ -597,10 +605,13 @@ class Processor:
         state: retrytopics.RetryState | None = None,
         *,
         span: Span | None = None,
+        end: bool = False,
     ) -> None:
         """Queue ``item``'s dead letter (and row).
 
-        ``span`` (default: the active one) records it, and is ended if given.
+        ``span`` is the event's ``handle`` span (if any): it records the dead-lettering,
+        becomes the parent of the dead letter's ``send`` span, and is ended if ``end``.
+        Without one (an undecodable record) the slice's ``process`` span is the parent.
         """
         r = item.record
         # A record from a retry topic is dead-lettered as the source record it was.
@@ -611,19 +622,20 @@ class Processor:
         headers = list(r.headers or ())
         if state is not None:
             headers = retrytopics.original_headers(headers)
-        current = span if span is not None else trace.get_current_span()
-        origin = current.get_span_context()
+        origin = span.get_span_context() if span is not None else None
+        if origin is not None and origin.is_valid:
+            assert span is not None
+            tr.dead_lettered(span, failure.reason, failure.error_type, failure.message, failure.attempts)
+            if end:
+                span.end()
+        else:
+            origin = result.span
         result.letters.append(
             DeadLetter(
                 topic=topic, partition=partition, offset=offset, timestamp=timestamp, key=r.key,
-                value=r.value, headers=headers, group=self.group, failure=failure,
-                span=origin if origin.is_valid else None,
+                value=r.value, headers=headers, group=self.group, failure=failure, span=origin,
             )
         )
-        if origin.is_valid:
-            tr.dead_lettered(current, failure.reason, failure.error_type, failure.message, failure.attempts)
-            if span is not None:
-                span.end()
         event = item.event
         if event is not None:
             # The row is written only after the broker acknowledged the dead letter.
@@ -657,6 +669,10 @@ def decode_items(
     return items
 
 
-def _outcome(outcome: str, attempts: int) -> None:
-    """Note on the active ``handle`` span how the event ended (a no-op when tracing is off)."""
-    tr.ended(trace.get_current_span(), outcome, attempts)
+def _outcome(result: SliceResult, outcome: str, attempts: int, event: str | None = None) -> None:
+    """Note on the active ``handle`` span how the event ended (nothing when tracing is off)."""
+    if result.span is not None:
+        span = trace.get_current_span()
+        tr.set_outcome(span, outcome, attempts)
+        if event is not None:
+            span.add_event(event)

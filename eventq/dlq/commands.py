@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from eventq.clikit import kafka_options, kafka_settings, run, telemetry
+from eventq.clikit import kafka_options, kafka_settings, run, telemetry_from_env
 from eventq.dlq.inspect import archive, dead_letter_topics, find, summarize
 from eventq.dlq.letters import Letter
 from eventq.dlq.replay import DEFAULT_MAX_REPLAYS, Filters, ReplayReport, replay
@@ -198,7 +198,7 @@ def replay_command(
         click.confirm(f"Replay {len(preview.replayed)} dead letters?", abort=True)
         total = (len(preview.replayed) + preview.filtered + preview.superseded + len(preview.refused)
                  + len(preview.failed))
-    with telemetry("eventq-dlq"):
+    with telemetry_from_env("eventq-dlq"):
         if total and sys.stdout.isatty():
             with click.progressbar(length=total, label="replaying") as bar:
                 report = run(replay(kafka, topic, filters, run=run_name, rate=rate,

@@ -53,6 +53,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
+from opentelemetry.trace import Span
 
 from eventq.config import KafkaSettings
 from eventq.consumers.deadletter import REPLAY_AT, REPLAY_COUNT, REPLAY_FROM, REPLAY_RUN, TRACEPARENT
@@ -257,7 +258,13 @@ async def replay(
                     await limiter.wait()
                     headers = _replay_headers(letter, name)
                     span = _replay_span(tracing, run_span, letter, target, headers)
-                    future = await producer.send(target, letter.value, key=letter.key, headers=headers)
+                    try:
+                        future = await producer.send(target, letter.value, key=letter.key, headers=headers)
+                    except BaseException as exc:
+                        if span is not None:
+                            tr.fail(span, exc)
+                            span.end()
+                        raise
                     if span is not None:
                         future.add_done_callback(lambda done, span=span: _end_span(span, done))
                     sent.append((future, letter.position))
@@ -294,7 +301,7 @@ async def replay(
         if producer is not None:
             await producer.stop()
         if run_span is not None:
-            run_span.set_attribute("eventq.replay.replayed", len(report.replayed))
+            run_span.set_attribute(tr.REPLAYED, len(report.replayed))
             run_span.end()
     log.info("dlq.replay_finished", run=name, topic=topic, dry_run=dry_run, replayed=len(report.replayed),
              filtered=report.filtered, refused=len(report.refused), failed=len(report.failed))
@@ -389,8 +396,8 @@ def _decide(
 
 
 def _replay_span(
-    tracing: tr.Tracing, run_span: Any, letter: Letter, target: str, headers: list[tuple[str, bytes]]
-) -> Any:
+    tracing: tr.Tracing, run_span: Span | None, letter: Letter, target: str, headers: list[tuple[str, bytes]]
+) -> Span | None:
     """Start a replayed letter's ``send`` span and make ``headers`` carry it (None when tracing is off)."""
     if run_span is None:
         return None
@@ -401,13 +408,13 @@ def _replay_span(
         raw.decode("ascii", "replace") if raw else None, tracestate.decode("ascii", "replace") if tracestate else None
     )
     span = tracing.replay_send(target, parent, run_span.get_span_context(), {
-        tr.MESSAGE_ID: letter.event_id or "", "eventq.dead_letter.position": letter.position,
+        tr.MESSAGE_ID: letter.event_id or "", tr.REPLAY_POSITION: letter.position,
     })
     headers[:] = [(n, v) for n, v in headers if n not in ("traceparent", "tracestate")] + tr.trace_headers(span)
     return span
 
 
-def _end_span(span: Any, future: asyncio.Future[Any]) -> None:
+def _end_span(span: Span, future: asyncio.Future[Any]) -> None:
     if future.cancelled():
         tr.fail(span, "cancelled")
     elif future.exception() is not None:

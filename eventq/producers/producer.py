@@ -289,11 +289,9 @@ class Producer:
         shared = tr.trace_headers() if created is None else []
         records: list[RecordParts] = []
         for index, event in enumerate(items):
-            span = None
+            span = self._tracing.create(topic, event) if created is not None else None
             try:
                 validate(event.type, event.data)
-                if created is not None:
-                    span = self._tracing.create(topic, event)
                 headers = tr.trace_headers(span) if span is not None else shared
                 records.append(encode_parts(event, max_event_bytes=max_bytes, trace_headers=headers))
             except EventError as exc:
@@ -334,7 +332,11 @@ class Producer:
             return report
         started = time.perf_counter()
         deadline = self._acks.deadline()
-        aio = await self._ready(name)
+        try:
+            aio = await self._ready(name)
+        except EventqError as exc:  # nothing was sent: every event failed for this reason
+            self._metrics.sent(name, [exc] * len(records), len(records), time.perf_counter() - started)
+            raise
         by_partition = self._group_by_partition(aio, name, records)
         await asyncio.gather(
             *(

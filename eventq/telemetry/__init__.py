@@ -11,10 +11,13 @@ eventq checks once per batch and skips building spans.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,7 +30,7 @@ class Telemetry:
 
     tracer_provider: TracerProvider | None = None
     meter_provider: MeterProvider | None = None
-    prometheus_registry: Any = None
+    prometheus_registry: CollectorRegistry | None = None
 
 
 __all__ = ["Telemetry"]

@@ -14,6 +14,13 @@ instrument                             unit       attributes
 ``eventq.consumer.lag``                message    destination, partition, group (gauge)
 =====================================  =========  =====================================
 
+The lag is set once a second by the running daemon: the partition's last stable offset
+(what a ``read_committed`` reader can see, as of the last fetch) minus the last offset
+the daemon committed (before its first commit: the first offset it fetched). A
+transaction marker after the last record (``eventq dlq replay`` writes in
+transactions) counts as one until the next record arrives, and a paused (busy)
+partition's end is as old as its last fetch.
+
 Everything is recorded per publish call or per partition slice, never per event, so
 metrics cost the same whether a batch holds 1 or 500 events. Without an SDK meter
 provider the instruments are OpenTelemetry's no-ops.
@@ -22,21 +29,26 @@ provider the instruments are OpenTelemetry's no-ops.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.metrics import MeterProvider
 
-from eventq.telemetry.tracing import DEAD_LETTER_REASON, DESTINATION, ERROR_TYPE, GROUP, PARTITION, SYSTEM
+from eventq.telemetry.tracing import (
+    DEAD_LETTER_REASON,
+    DESTINATION,
+    ERROR_TYPE,
+    GROUP,
+    OPERATION_NAME,
+    PARTITION,
+    SYSTEM,
+)
 from eventq.version import __version__
 
 # Seconds: from 1 ms (a no-op batch) to a minute (a slow, retrying one).
 _DURATION_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 _SIZE_BUCKETS = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]
-
-# (topic, partition, lag) for each assigned partition; called when metrics are collected.
-LagReader = Callable[[], Iterable[tuple[str, int, int]]]
 
 
 def _meter(provider: MeterProvider | None) -> metrics.Meter:
@@ -59,7 +71,7 @@ class ProducerMetrics:
         )
 
     def sent(self, topic: str, errors: Iterable[BaseException], count: int, seconds: float) -> None:
-        attributes: dict[str, Any] = {SYSTEM: "kafka", DESTINATION: topic, "messaging.operation.name": "send"}
+        attributes: dict[str, Any] = {SYSTEM: "kafka", DESTINATION: topic, OPERATION_NAME: "send"}
         failed = Counter(type(error).__qualname__ for error in errors)
         ok = count - sum(failed.values())
         if ok:
@@ -72,12 +84,11 @@ class ProducerMetrics:
 class ConsumerMetrics:
     """What a consumer daemon did, per partition slice, plus its lag."""
 
-    __slots__ = ("_group", "_consumed", "_duration", "_size", "_duplicates", "_retries", "_dead", "_lag", "_reader")
+    __slots__ = ("_group", "_consumed", "_duration", "_size", "_duplicates", "_retries", "_dead", "_lag")
 
     def __init__(self, provider: MeterProvider | None, group: str) -> None:
         meter = _meter(provider)
         self._group = group
-        self._reader: LagReader | None = None
         self._consumed = meter.create_counter(
             "messaging.client.consumed.messages", unit="{message}", description="Records fetched and processed."
         )
@@ -99,23 +110,27 @@ class ConsumerMetrics:
         self._dead = meter.create_counter(
             "eventq.consumer.dead_lettered", unit="{message}", description="Records sent to a dead-letter topic."
         )
-        self._lag = meter.create_observable_gauge(
-            "eventq.consumer.lag", unit="{message}", callbacks=[self._observe_lag],
+        self._lag = meter.create_gauge(
+            "eventq.consumer.lag", unit="{message}",
             description="Records after the last committed offset, per assigned partition.",
         )
 
-    def read_lag_with(self, reader: LagReader | None) -> None:
-        """Set (or clear) where the lag gauge reads from (the running daemon)."""
-        self._reader = reader
+    def lag(self, partitions: Iterable[tuple[str, int, int]]) -> None:
+        """Set the lag gauge: (topic, partition, records after the last commit) per assigned partition."""
+        group = self._group
+        for topic, partition, lag in partitions:
+            self._lag.set(lag, {SYSTEM: "kafka", DESTINATION: topic, PARTITION: str(partition), GROUP: group})
 
     def slice_done(
-        self, topic: str, partition: int, records: int, duplicates: int, retries: int,
+        self, topic: str, partition: int, records: int, finished: int, duplicates: int, retries: int,
         dead_letter_reasons: Iterable[str], seconds: float,
     ) -> None:
+        """One slice: ``records`` fetched, the first ``finished`` of them done (the rest is fetched again)."""
         group = self._group
         attributes = {SYSTEM: "kafka", DESTINATION: topic, GROUP: group}
         with_partition = {**attributes, PARTITION: str(partition)}
-        self._consumed.add(records, with_partition)
+        if finished:
+            self._consumed.add(finished, with_partition)
         self._duration.record(seconds, with_partition)
         self._size.record(records, attributes)
         if duplicates:
@@ -124,13 +139,3 @@ class ConsumerMetrics:
             self._retries.add(retries, attributes)
         for reason, n in Counter(dead_letter_reasons).items():
             self._dead.add(n, {**attributes, DEAD_LETTER_REASON: reason})
-
-    def _observe_lag(self, options: CallbackOptions) -> Iterable[Observation]:
-        reader = self._reader
-        if reader is None:
-            return []
-        group = self._group
-        return [
-            Observation(lag, {SYSTEM: "kafka", DESTINATION: topic, PARTITION: str(partition), GROUP: group})
-            for topic, partition, lag in reader()
-        ]

@@ -11,8 +11,9 @@ so an unconfigured daemon pays nothing for it:
                                Unset: no tracing (unlike the spec's ``otlp``).
 ``EVENTQ_TRACE_FILE``          also write every span as a JSON line to this file
                                (read by ``eventq trace EVENT_ID``)
-``OTEL_METRICS_EXPORTER``      ``otlp``, ``console``, ``none``; ``prometheus`` is
-                               always served on the daemon's ``/metrics`` instead
+``OTEL_METRICS_EXPORTER``      ``otlp``, ``console``, ``none``; ``prometheus``: the
+                               daemon's ``/metrics`` (served whenever it has a
+                               health port)
 ``OTEL_SDK_DISABLED``          ``true``: no traces, no metrics
 ``OTEL_SERVICE_NAME``,         the service's name and resource attributes (default
 ``OTEL_RESOURCE_ATTRIBUTES``   ``service.name``: the consumer group, or ``eventq``)

@@ -30,7 +30,7 @@ skip all of this; only an already active span context is propagated.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -38,6 +38,9 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from eventq.version import __version__
+
+if TYPE_CHECKING:
+    from eventq.schemas.envelope import Event
 
 # Attribute names (messaging semantic conventions, plus a few of eventq's own).
 SYSTEM = "messaging.system"
@@ -58,6 +61,10 @@ HANDLER = "eventq.handler"
 ATTEMPTS = "eventq.attempts"
 DEAD_LETTER_REASON = "eventq.dead_letter.reason"
 REPLAY_RUN = "eventq.replay.run"
+REPLAY_POSITION = "eventq.dead_letter.position"
+REPLAYED = "eventq.replay.replayed"
+RETRY_TOPIC = "eventq.retry_topic"
+PARTITIONS = "eventq.partitions"
 
 # Outcomes of a ``handle`` span.
 HANDLED = "handled"
@@ -69,23 +76,24 @@ INTERRUPTED = "interrupted"
 
 _W3C = TraceContextTextMapPropagator()
 _EMPTY = otel_context.Context()
+_HEX = frozenset("0123456789abcdef")
 
 
 def context_from_traceparent(traceparent: str | None, tracestate: str | None = None) -> otel_context.Context | None:
     """The remote span context a W3C ``traceparent`` names, as a parent Context; None if absent or invalid."""
     if not traceparent:
         return None
-    if tracestate is None and len(traceparent) == 55 and traceparent.startswith("00-"):
+    if (
+        tracestate is None and len(traceparent) == 55 and traceparent[:3] == "00-"
+        and traceparent[35] == traceparent[52] == "-" and _HEX.issuperset(traceparent[3:35] + traceparent[36:52])
+        and _HEX.issuperset(traceparent[53:])
+    ):
         # The common case, once per consumed event: the propagator's regex costs twice this.
-        try:
-            parsed = SpanContext(
-                int(traceparent[3:35], 16), int(traceparent[36:52], 16), is_remote=True,
-                trace_flags=TraceFlags(int(traceparent[53:55], 16)),
-            )
-        except ValueError:
-            parsed = None
-        if parsed is not None and parsed.is_valid and traceparent[35] == traceparent[52] == "-":
-            return trace.set_span_in_context(trace.NonRecordingSpan(parsed), _EMPTY)
+        parsed = SpanContext(
+            int(traceparent[3:35], 16), int(traceparent[36:52], 16), is_remote=True,
+            trace_flags=TraceFlags(int(traceparent[53:55], 16)),
+        )
+        return trace.set_span_in_context(trace.NonRecordingSpan(parsed), _EMPTY) if parsed.is_valid else None
     carrier = {"traceparent": traceparent}
     if tracestate:
         carrier["tracestate"] = tracestate
@@ -124,14 +132,26 @@ def fail(span: Span, error: BaseException | str, *, error_type: str | None = Non
     span.set_status(Status(StatusCode.ERROR, str(error)))
 
 
-def ended(span: Span, outcome: str, attempts: int | None = None) -> None:
+def retry_attributes(
+    attempt: int, delay_s: float, error: BaseException, retry_topic: str | None = None
+) -> dict[str, Any]:
+    """The attributes of a ``retry_scheduled`` / ``retry_handed_off`` span event."""
+    attributes: dict[str, Any] = {
+        "attempt": attempt, "delay_s": round(delay_s, 3), ERROR_TYPE: type(error).__qualname__,
+    }
+    if retry_topic is not None:
+        attributes[RETRY_TOPIC] = retry_topic
+    return attributes
+
+
+def set_outcome(span: Span, outcome: str, attempts: int | None = None) -> None:
     """Note on a ``handle`` span how its event ended (and after how many attempts)."""
     span.set_attributes({OUTCOME: outcome} if attempts is None else {OUTCOME: outcome, ATTEMPTS: attempts})
 
 
 def dead_lettered(span: Span, reason: str, error_type: str, message: str, attempts: int) -> None:
     """Note on a ``handle`` span that its event was dead-lettered, and why."""
-    ended(span, DEAD_LETTERED, attempts)
+    set_outcome(span, DEAD_LETTERED, attempts)
     span.add_event("dead_lettered", {DEAD_LETTER_REASON: reason, ERROR_TYPE: error_type})
     span.set_status(Status(StatusCode.ERROR, message))
 
@@ -157,12 +177,12 @@ class Tracing:
 
     # -- producing ---------------------------------------------------------------
 
-    def send(self, topic: str, event: Any) -> Span:
+    def send(self, topic: str, event: Event) -> Span:
         """The ``send {topic}`` span of one published event (a child of the active span)."""
         return self._tracer.start_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=_event_attributes(
             "send", topic, event))
 
-    def create(self, topic: str, event: Any) -> Span:
+    def create(self, topic: str, event: Event) -> Span:
         """The ``create {topic}`` span of one event of a batch publish: its creation context."""
         return self._tracer.start_span(f"create {topic}", kind=SpanKind.PRODUCER, attributes=_event_attributes(
             "create", topic, event))
@@ -189,17 +209,15 @@ class Tracing:
         )
 
     def handle(
-        self, event: Any, record: Any, group: str, handler: str | None, parent: otel_context.Context | None,
+        self, event: Event, record: Any, group: str, handler: str | None, parent: otel_context.Context | None,
         batch: SpanContext | None,
     ) -> Span:
         """The ``handle {type}`` span of one event: a child of its creation context, linked to the batch."""
-        attributes: dict[str, Any] = {
-            SYSTEM: "kafka", OPERATION_TYPE: "process", OPERATION_NAME: "handle", DESTINATION: record.topic,
-            PARTITION: str(record.partition), GROUP: group, OFFSET: record.offset, MESSAGE_ID: event.id,
-            CONVERSATION_ID: event.correlation_id or event.id, EVENT_TYPE: event.type,
-        }
-        if event.key is not None:
-            attributes[KEY] = event.key
+        attributes = _event_attributes("process", record.topic, event)
+        attributes[OPERATION_NAME] = "handle"
+        attributes[PARTITION] = str(record.partition)
+        attributes[GROUP] = group
+        attributes[OFFSET] = record.offset
         if handler is not None:
             attributes[HANDLER] = handler
         links = [Link(batch)] if batch is not None and batch.is_valid else []
@@ -217,12 +235,12 @@ class Tracing:
                         DEAD_LETTER_REASON: reason},
         )
 
-    def commit(self, processed: Sequence[SpanContext], offsets: int) -> Span:
+    def commit(self, processed: Sequence[SpanContext], partitions: int) -> Span:
         """The ``commit`` span of one offset commit, linked to the slices it commits."""
         return self._tracer.start_span(
             "commit", kind=SpanKind.CLIENT, context=otel_context.Context(),
             attributes={SYSTEM: "kafka", OPERATION_TYPE: "settle", OPERATION_NAME: "commit",
-                        "eventq.partitions": offsets},
+                        PARTITIONS: partitions},
             links=[Link(sc) for sc in processed],
         )
 
@@ -247,7 +265,7 @@ class Tracing:
         )
 
 
-def _event_attributes(operation: str, topic: str, event: Any) -> dict[str, Any]:
+def _event_attributes(operation: str, topic: str, event: Event) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         SYSTEM: "kafka", OPERATION_TYPE: operation, OPERATION_NAME: operation, DESTINATION: topic,
         MESSAGE_ID: event.id, CONVERSATION_ID: event.correlation_id or event.id, EVENT_TYPE: event.type,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -226,10 +226,11 @@ async def test_a_dead_lettered_and_replayed_event_stays_in_its_original_trace(
     assert [r["outcome"] for r in await rows(database, settings.group_id or "")] == ["handled"]
 
 
-async def test_skipped_duplicates_and_rejected_events_are_visible_on_their_spans(
+async def test_skipped_duplicates_rejected_and_undecodable_records_are_visible_in_the_traces(
     kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory, traces: Traces
 ) -> None:
-    """A redelivered copy of a handled event gets a 'duplicate' span; a rejected one a dead_lettered span."""
+    """A duplicate gets a 'duplicate' span, a rejected event a dead_lettered one; a record that is no event
+    is dead-lettered under the batch's process span, which itself stays a batch span (no outcome, no error)."""
     topic = await new_topic(partitions=1)
     app = App("t", topics=[topic])
 
@@ -242,6 +243,12 @@ async def test_skipped_duplicates_and_rejected_events_are_visible_on_their_spans
     async with Producer(ProducerSettings(kafka=kafka_settings), telemetry=traces.telemetry) as producer:
         for event in (kept, rejected, kept):  # the same event twice: the second is a duplicate
             await producer.publish(event, topic=topic)
+    raw = AIOKafkaProducer(**kafka_settings.client_kwargs())
+    await raw.start()
+    try:
+        await raw.send_and_wait(topic, b"not an event")
+    finally:
+        await raw.stop()
     await run_until_idle(app, consumer_settings(kafka_settings, database, topic), traces.telemetry)
 
     outcomes = sorted(
@@ -252,9 +259,13 @@ async def test_skipped_duplicates_and_rejected_events_are_visible_on_their_spans
     assert [e.name for e in duplicate.events] == ["duplicate_skipped"]
     reject = traces.one(f"handle {ORDER}", **{tr.MESSAGE_ID: rejected.id})
     assert reject.attributes is not None and reject.attributes[tr.OUTCOME] == tr.DEAD_LETTERED
-    assert [e.name for e in reject.events] == ["dead_lettered"]
-    assert reject.events[0].attributes is not None
-    assert reject.events[0].attributes[tr.DEAD_LETTER_REASON] == "rejected"
+    assert [e.name for e in reject.events] == ["exception", "dead_lettered"]
+    assert reject.events[1].attributes is not None
+    assert reject.events[1].attributes[tr.DEAD_LETTER_REASON] == "rejected"
+    [process] = traces.named(f"process {topic}")
+    assert process.attributes is not None and tr.OUTCOME not in process.attributes and process.status.is_ok
+    parents = sorted(parent_of(s) or 0 for s in traces.named(f"send {topic}.dlt"))
+    assert parents == sorted([ids(reject)[1], ids(process)[1]])
 
 
 async def test_log_lines_from_handling_carry_the_event_and_the_active_span(
@@ -330,7 +341,9 @@ async def test_metrics_count_the_work_and_the_lag_returns_to_zero(
     running = asyncio.create_task(daemon.run())
     try:
         async with asyncio.timeout(60):
-            while len(await rows(database, settings.group_id or "")) < 40 or _sum(reader, "eventq.consumer.lag"):
+            while len(await rows(database, settings.group_id or "")) < 40 or (
+                sorted(p.value for p in _points(reader, "eventq.consumer.lag")) != [0, 0]
+            ):
                 await asyncio.sleep(0.2)
             assert daemon.health is not None
             port = daemon.health.port

@@ -184,3 +184,59 @@ async def test_unknown_path_is_404(server: HealthServer) -> None:
     code, _, body = await get(server, "/status")
     assert code == 404
     assert body == {"error": "not found; use /livez, /readyz or /metrics"}
+
+
+async def _raw_get(server: HealthServer, path: str) -> tuple[str, str, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return lines[0], headers["Content-Type"], body
+
+
+async def test_metrics_serves_the_registry_in_prometheus_text_format() -> None:
+    """/metrics answers 200 with the registry's samples in the Prometheus 0.0.4 text format."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    registry = CollectorRegistry()
+    Counter("eventq_test_things", "Things.", registry=registry).inc(3)
+    with capture_logs():
+        server = HealthServer(Status(), "127.0.0.1", 0, registry=registry)
+        await server.start()
+        try:
+            status, content_type, body = await _raw_get(server, "/metrics")
+        finally:
+            await server.stop()
+
+    assert status == "HTTP/1.1 200 OK"
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert "eventq_test_things_total 3.0" in body.decode()
+
+
+async def test_a_failing_metrics_collector_answers_500_saying_why() -> None:
+    """A collector that raises gives a 500 with a JSON reason (and a log line), not a dropped connection."""
+    from prometheus_client import CollectorRegistry
+
+    class Broken:
+        def collect(self) -> Any:
+            raise RuntimeError("collector exploded")
+
+    registry = CollectorRegistry()
+    registry.register(Broken())  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        server = HealthServer(Status(), "127.0.0.1", 0, registry=registry)
+        await server.start()
+        try:
+            status, content_type, body = await _raw_get(server, "/metrics")
+        finally:
+            await server.stop()
+
+    assert status == "HTTP/1.1 500 Internal Server Error"
+    assert content_type == "application/json"
+    assert "collector exploded" in orjson.loads(body)["error"]
+    assert events(logs, "health.metrics_failed")
