@@ -43,9 +43,10 @@ from eventq.consumers.committer import Committer, Recorder
 from eventq.consumers.deadletter import TRACEPARENT, DeadLetterSink, dead_letter_headers
 from eventq.consumers.health import HealthServer, Status, with_database
 from eventq.consumers.hooks import Hooks
-from eventq.consumers.processor import Interrupt, Item, Processor, SliceResult, decode_items
+from eventq.consumers.processor import Processor
 from eventq.consumers.retrytopics import retry_topic
 from eventq.consumers.settings import ConsumerSettings
+from eventq.consumers.slices import Interrupt, Item, SliceResult, decode_items
 from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
 from eventq.kafka import create_topics, partition_counts
 from eventq.producers.producer import Producer
@@ -54,7 +55,6 @@ from eventq.schemas.registry import SchemaRegistry
 from eventq.telemetry import Telemetry
 from eventq.telemetry import tracing as tr
 from eventq.telemetry.metrics import ConsumerMetrics
-from eventq.telemetry.tracing import Tracing
 
 log = structlog.get_logger("eventq.consumer")
 
@@ -96,7 +96,7 @@ class Consumer:
         self.registry = SchemaRegistry.load(app.schemas + settings.schemas)
         self.hooks = hooks or Hooks()
         self.telemetry = telemetry = telemetry or Telemetry()
-        self._tracing = Tracing(telemetry.tracer_provider)
+        self._tracing = tr.Tracing(telemetry.tracer_provider)
         self._metrics = ConsumerMetrics(telemetry.meter_provider, self.group)
         self.status = Status()
         self.health: HealthServer | None = None

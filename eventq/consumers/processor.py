@@ -23,16 +23,15 @@ import asyncio
 import contextlib
 import dataclasses
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanContext
+from opentelemetry.trace import Span
 
 from eventq.consumers import retrytopics, store
 from eventq.consumers.app import App, Handler
@@ -42,36 +41,20 @@ from eventq.consumers.deadletter import (
     REASON_INVALID,
     REASON_REJECTED,
     REASON_UNKNOWN_TYPE,
-    REPLAY_COUNT,
     DeadLetter,
     Failure,
 )
 from eventq.consumers.health import Status
 from eventq.consumers.settings import ConsumerSettings
+from eventq.consumers.slices import Interrupt, Item, SliceResult, is_replayed
 from eventq.database import is_outage
 from eventq.errors import EventqError, Reject, RetryLater, UnknownEventType
 from eventq.producers.producer import Producer
 from eventq.schemas.correlation import caused_by, enter_cause, exit_cause
-from eventq.schemas.envelope import Event, decode
 from eventq.telemetry import tracing as tr
 from eventq.telemetry.logs import enter_work, exit_work
-from eventq.telemetry.tracing import Tracing
 
 log = structlog.get_logger("eventq.consumer")
-
-
-class Item:
-    """One fetched record: decoded event (or why it is not one), its handler, whether it is finished."""
-
-    __slots__ = ("record", "event", "invalid", "handler", "done", "parent")
-
-    def __init__(self, record: Any, event: Event | None, invalid: EventqError | None, handler: Handler | None):
-        self.record = record
-        self.event = event
-        self.invalid = invalid
-        self.handler = handler
-        self.done = False
-        self.parent: otel_context.Context | None = None  # the event's creation context (tracing on)
 
 
 class _DatabaseStep(Exception):
@@ -80,53 +63,6 @@ class _DatabaseStep(Exception):
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-class Interrupt:
-    """Asks a running slice to stop between events (shutdown, partition revocation).
-
-    The handler running at that moment finishes; a retry back-off is cut short and
-    its event left unfinished (so it is delivered again).
-    """
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    @property
-    def requested(self) -> bool:
-        return self._event.is_set()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def sleep(self, delay: float) -> bool:
-        """Sleep ``delay`` seconds; True (at once) if interrupted meanwhile."""
-        if delay > 0 and not self._event.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._event.wait()
-        return self._event.is_set()
-
-
-@dataclass(slots=True)
-class SliceResult:
-    """What a slice leaves to do before its commit."""
-
-    next_offset: int = 0  # everything before it is finished: the offset to commit
-    rows: list[store.Processed] = field(default_factory=list)
-    letters: list[DeadLetter] = field(default_factory=list)
-    handoffs: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = field(default_factory=list)
-    handled: int = 0
-    duplicates: int = 0
-    retries: int = 0
-    span: SpanContext | None = None  # the slice's ``process`` span; None when tracing is off
-
-
-def is_replayed(record: Any) -> bool:
-    """True if the record was republished from a dead-letter topic (``eventq dlq replay``)."""
-    return any(name == REPLAY_COUNT for name, _ in record.headers or ())
 
 
 def backoff_delay(attempt: int, settings: ConsumerSettings) -> float:
@@ -149,10 +85,10 @@ class Processor:
         producer: Producer,
         pool: Any,
         status: Status,
-        tracing: Tracing | None = None,
+        tracing: tr.Tracing | None = None,
     ) -> None:
         self.app = app
-        self.tracing = tracing or Tracing()
+        self.tracing = tracing or tr.Tracing()
         self.settings = settings
         self.group = group
         self.producer = producer
@@ -645,28 +581,6 @@ class Processor:
             event_id=event.id if event is not None else None, event_type=event.type if event is not None else None,
             reason=failure.reason, error_type=failure.error_type, error=failure.message, attempts=failure.attempts,
         )
-
-
-def decode_items(
-    records: Iterable[Any], app: App, registry: Any, max_event_bytes: int
-) -> list[Item]:
-    """Decode and validate fetched records; an invalid one becomes an Item with ``invalid`` set."""
-    route = app.route
-    items = []
-    for record in records:
-        try:
-            event = decode(record.key, record.value, record.headers or (), max_event_bytes=max_event_bytes)
-        except EventqError as exc:
-            items.append(Item(record, None, exc, None))
-            continue
-        invalid: EventqError | None = None
-        if event.type in registry:
-            try:
-                registry.validate(event.type, event.data)
-            except EventqError as exc:
-                invalid = exc
-        items.append(Item(record, event, invalid, route(event.type)))
-    return items
 
 
 def _outcome(result: SliceResult, outcome: str, attempts: int, event: str | None = None) -> None:

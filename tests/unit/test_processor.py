@@ -11,7 +11,8 @@ from structlog.testing import capture_logs
 
 from eventq.consumers import App, ConsumerSettings
 from eventq.consumers.health import Status
-from eventq.consumers.processor import Item, Processor, SliceResult, decode_items
+from eventq.consumers.processor import Processor
+from eventq.consumers.slices import Item, SliceResult, decode_items
 from eventq.consumers.store import Processed
 from eventq.errors import InvalidEvent, Reject, RetryLater, SchemaViolation
 from eventq.schemas.envelope import DEFAULT_MAX_EVENT_BYTES, Event, encode
@@ -494,7 +495,7 @@ async def test_key_ordering_respects_max_concurrency() -> None:
 
 async def test_an_interrupt_stops_the_slice_between_events_and_points_at_the_first_unfinished() -> None:
     """After an interrupt no further handler starts; next_offset is the first record not finished."""
-    from eventq.consumers.processor import Interrupt
+    from eventq.consumers.slices import Interrupt
 
     app = App("billing")
     interrupt = Interrupt()
@@ -516,7 +517,7 @@ async def test_an_interrupt_stops_the_slice_between_events_and_points_at_the_fir
 
 async def test_an_interrupt_cuts_a_retry_backoff_short_and_leaves_the_event_unfinished() -> None:
     """A 60 s back-off ends as soon as the interrupt comes; the event gets no row and is not committed."""
-    from eventq.consumers.processor import Interrupt
+    from eventq.consumers.slices import Interrupt
 
     app = App("billing")
     interrupt = Interrupt()
