@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from eventq.config import KafkaSettings
@@ -78,6 +79,7 @@ class _Collector(BaseHTTPRequestHandler):
     """An OTLP/HTTP collector's one route, keeping what it receives."""
 
     received: list[ExportTraceServiceRequest] = []
+    metrics: list[ExportMetricsServiceRequest] = []
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -87,6 +89,10 @@ class _Collector(BaseHTTPRequestHandler):
             request = ExportTraceServiceRequest()
             request.ParseFromString(body)
             self.received.append(request)
+        elif self.path == "/v1/metrics":
+            metrics = ExportMetricsServiceRequest()
+            metrics.ParseFromString(body)
+            self.metrics.append(metrics)
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.end_headers()
@@ -98,6 +104,7 @@ class _Collector(BaseHTTPRequestHandler):
 @pytest.fixture
 def collector() -> Iterator[tuple[str, list[ExportTraceServiceRequest]]]:
     _Collector.received = []
+    _Collector.metrics = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -108,15 +115,15 @@ def collector() -> Iterator[tuple[str, list[ExportTraceServiceRequest]]]:
         server.server_close()
 
 
-async def test_otel_traces_exporter_otlp_sends_the_publish_span_to_a_collector(
+async def test_otlp_exporters_send_the_publish_span_and_metrics_to_a_collector(
     kafka_settings: KafkaSettings, new_topic: TopicFactory, collector: tuple[str, list[ExportTraceServiceRequest]]
 ) -> None:
-    """OTEL_TRACES_EXPORTER=otlp with an endpoint: `eventq publish` exports its send span over OTLP/HTTP."""
+    """OTEL_TRACES/METRICS_EXPORTER=otlp: `eventq publish` exports its send span and sent count over OTLP/HTTP."""
     topic = await new_topic(partitions=1)
     endpoint, received = collector
     env = {
-        **os.environ, "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-        "EVENTQ_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+        **os.environ, "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "EVENTQ_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
     }
     proc = await asyncio.create_subprocess_exec(
         *EVENTQ, "publish", "-t", topic, "--type", "eventq.ping.v1", env=env,
@@ -137,6 +144,12 @@ async def test_otel_traces_exporter_otlp_sends_the_publish_span_to_a_collector(
     assert attributes["messaging.destination.name"] == topic
     service = {a.key: a.value.string_value for a in resource.attributes}["service.name"]
     assert service == "eventq-cli"
+    sent = [
+        point.as_int for request in _Collector.metrics for resource_metrics in request.resource_metrics
+        for scope in resource_metrics.scope_metrics for metric in scope.metrics
+        if metric.name == "messaging.client.sent.messages" for point in metric.sum.data_points
+    ]
+    assert sent == [1]
 
 
 def _get(url: str) -> str:
