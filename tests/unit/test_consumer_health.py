@@ -186,13 +186,19 @@ async def test_unknown_path_is_404(server: HealthServer) -> None:
     assert body == {"error": "not found; use /livez, /readyz or /metrics"}
 
 
-async def _raw_get(server: HealthServer, path: str) -> tuple[str, str, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    await writer.wait_closed()
+async def scrape(registry: Any) -> tuple[str, str, bytes]:
+    """(status line, content type, body) of GET /metrics on a server for ``registry``."""
+    server = HealthServer(Status(), "127.0.0.1", 0, registry=registry)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        raw = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.stop()
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
@@ -206,12 +212,7 @@ async def test_metrics_serves_the_registry_in_prometheus_text_format() -> None:
     registry = CollectorRegistry()
     Counter("eventq_test_things", "Things.", registry=registry).inc(3)
     with capture_logs():
-        server = HealthServer(Status(), "127.0.0.1", 0, registry=registry)
-        await server.start()
-        try:
-            status, content_type, body = await _raw_get(server, "/metrics")
-        finally:
-            await server.stop()
+        status, content_type, body = await scrape(registry)
 
     assert status == "HTTP/1.1 200 OK"
     assert content_type.startswith("text/plain; version=0.0.4")
@@ -229,12 +230,7 @@ async def test_a_failing_metrics_collector_answers_500_saying_why() -> None:
     registry = CollectorRegistry()
     registry.register(Broken())  # type: ignore[arg-type]
     with capture_logs() as logs:
-        server = HealthServer(Status(), "127.0.0.1", 0, registry=registry)
-        await server.start()
-        try:
-            status, content_type, body = await _raw_get(server, "/metrics")
-        finally:
-            await server.stop()
+        status, content_type, body = await scrape(registry)
 
     assert status == "HTTP/1.1 500 Internal Server Error"
     assert content_type == "application/json"
