@@ -201,8 +201,7 @@ class Processor:
                 except BaseException as exc:  # cancelled: abandoned, delivered again later
                     if span is not None:
                         tr.set_outcome(span, tr.INTERRUPTED)
-                        tr.fail(span, exc)
-                        span.end()
+                    tr.end_failed(span, exc)
                     raise
                 finally:
                     exit_work(work)

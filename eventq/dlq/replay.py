@@ -261,9 +261,7 @@ async def replay(
                     try:
                         future = await producer.send(target, letter.value, key=letter.key, headers=headers)
                     except BaseException as exc:
-                        if span is not None:
-                            tr.fail(span, exc)
-                            span.end()
+                        tr.end_failed(span, exc)
                         raise
                     if span is not None:
                         future.add_done_callback(lambda done, span=span: _end_span(span, done))

@@ -242,9 +242,7 @@ class Producer:
                 loop.call_soon(self._start_flushes)
             outcome = await waiter
         except BaseException as exc:
-            if span is not None:
-                tr.fail(span, exc)
-                span.end()
+            tr.end_failed(span, exc)
             raise
         if span is not None:
             _end_send(span, outcome)
@@ -272,8 +270,7 @@ class Producer:
         try:
             report = await self._send_records(name, [e.id for e in items], records)
         except BaseException as exc:
-            tr.fail(send, exc)
-            send.end()
+            tr.end_failed(send, exc)
             raise
         if not report.ok:
             failed = report.failed

@@ -132,6 +132,13 @@ def fail(span: Span, error: BaseException | str, *, error_type: str | None = Non
     span.set_status(Status(StatusCode.ERROR, str(error)))
 
 
+def end_failed(span: Span | None, error: BaseException | str) -> None:
+    """Mark ``span`` failed and end it (nothing when there is no span: tracing off)."""
+    if span is not None:
+        fail(span, error)
+        span.end()
+
+
 def retry_attributes(
     attempt: int, delay_s: float, error: BaseException, retry_topic: str | None = None
 ) -> dict[str, Any]:
@@ -191,8 +198,7 @@ class Tracing:
         """The ``send {topic}`` span of a batch publish, linked to each event's ``create`` span."""
         return self._tracer.start_span(
             f"send {topic}", kind=SpanKind.PRODUCER,
-            attributes={SYSTEM: "kafka", OPERATION_TYPE: "send", OPERATION_NAME: "send", DESTINATION: topic,
-                        BATCH_COUNT: len(created)},
+            attributes=_attributes("send", topic, {BATCH_COUNT: len(created)}),
             links=[Link(span.get_span_context()) for span in created],
         )
 
@@ -203,8 +209,9 @@ class Tracing:
         links = [Link(sc) for sc in creations]
         return self._tracer.start_span(
             f"process {topic}", kind=SpanKind.CONSUMER, context=otel_context.Context(),
-            attributes={SYSTEM: "kafka", OPERATION_TYPE: "process", OPERATION_NAME: "process", DESTINATION: topic,
-                        PARTITION: str(partition), GROUP: group, BATCH_COUNT: len(links)},
+            attributes=_attributes(
+                "process", topic, {PARTITION: str(partition), GROUP: group, BATCH_COUNT: len(links)}
+            ),
             links=links,
         )
 
@@ -213,8 +220,7 @@ class Tracing:
         batch: SpanContext | None,
     ) -> Span:
         """The ``handle {type}`` span of one event: a child of its creation context, linked to the batch."""
-        attributes = _event_attributes("process", record.topic, event)
-        attributes[OPERATION_NAME] = "handle"
+        attributes = _event_attributes("process", record.topic, event, name="handle")
         attributes[PARTITION] = str(record.partition)
         attributes[GROUP] = group
         attributes[OFFSET] = record.offset
@@ -231,8 +237,7 @@ class Tracing:
         ctx = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None
         return self._tracer.start_span(
             f"send {topic}", kind=SpanKind.PRODUCER, context=ctx,
-            attributes={SYSTEM: "kafka", OPERATION_TYPE: "send", OPERATION_NAME: "send", DESTINATION: topic,
-                        DEAD_LETTER_REASON: reason},
+            attributes=_attributes("send", topic, {DEAD_LETTER_REASON: reason}),
         )
 
     def commit(self, processed: Sequence[SpanContext], partitions: int) -> Span:
@@ -259,17 +264,22 @@ class Tracing:
         """The ``send {topic}`` span of one replayed letter: in the event's trace, linked to the run."""
         return self._tracer.start_span(
             f"send {topic}", kind=SpanKind.PRODUCER, context=parent or otel_context.Context(),
-            attributes={SYSTEM: "kafka", OPERATION_TYPE: "send", OPERATION_NAME: "replay", DESTINATION: topic,
-                        **attributes},
+            attributes=_attributes("send", topic, attributes, name="replay"),
             links=[Link(run)],
         )
 
 
-def _event_attributes(operation: str, topic: str, event: Event) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        SYSTEM: "kafka", OPERATION_TYPE: operation, OPERATION_NAME: operation, DESTINATION: topic,
-        MESSAGE_ID: event.id, CONVERSATION_ID: event.correlation_id or event.id, EVENT_TYPE: event.type,
+def _attributes(operation: str, topic: str, extra: dict[str, Any], *, name: str | None = None) -> dict[str, Any]:
+    """The messaging attributes every span on a topic has, plus ``extra``."""
+    return {
+        SYSTEM: "kafka", OPERATION_TYPE: operation, OPERATION_NAME: name or operation, DESTINATION: topic, **extra,
     }
+
+
+def _event_attributes(operation: str, topic: str, event: Event, *, name: str | None = None) -> dict[str, Any]:
+    attributes = _attributes(operation, topic, {
+        MESSAGE_ID: event.id, CONVERSATION_ID: event.correlation_id or event.id, EVENT_TYPE: event.type,
+    }, name=name)
     if event.key is not None:
         attributes[KEY] = event.key
     return attributes
