@@ -15,6 +15,7 @@ from eventq.consumers import App, Consumer, ConsumerSettings, Hooks
 from eventq.database import DatabaseSettings
 from eventq.producers import Producer, ProducerSettings
 from eventq.schemas import Event
+from eventq.telemetry import Telemetry
 
 
 def consumer_settings(kafka: KafkaSettings, database: str, topic: str, **overrides: Any) -> ConsumerSettings:
@@ -51,10 +52,17 @@ async def publish(kafka: KafkaSettings, topic: str, events: Sequence[Event]) -> 
         (await producer.publish_many(events, topic=topic)).raise_for_failures()
 
 
-async def run_until_idle(app: App, settings: ConsumerSettings, hooks: Hooks | None = None, timeout: float = 60) -> None:
+async def run_until_idle(
+    app: App,
+    settings: ConsumerSettings,
+    hooks: Hooks | None = None,
+    timeout: float = 60,
+    *,
+    telemetry: Telemetry | None = None,
+) -> None:
     """Run a daemon in burst mode: until every assigned partition is processed and committed."""
     async with asyncio.timeout(timeout):
-        await Consumer(app, settings, hooks=hooks).run(until_idle=True)
+        await Consumer(app, settings, hooks=hooks, telemetry=telemetry).run(until_idle=True)
 
 
 async def rows(database: str, group: str) -> list[asyncpg.Record]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -30,8 +30,8 @@ from eventq.schemas import Event
 from eventq.telemetry import Telemetry
 from eventq.telemetry import tracing as tr
 from eventq.telemetry.logs import add_event_context
-from tests.conftest import TopicFactory
-from tests.integration.consumer_kit import consumer_settings, order, rows
+from tests.conftest import Reader, TopicFactory
+from tests.integration.consumer_kit import consumer_settings, order, rows, run_until_idle
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -81,11 +81,6 @@ def linked(span: ReadableSpan) -> set[tuple[int, int]]:
     return {(link.context.trace_id, link.context.span_id) for link in span.links}
 
 
-async def run_until_idle(app: App, settings: Any, telemetry: Telemetry) -> None:
-    async with asyncio.timeout(60):
-        await Consumer(app, settings, telemetry=telemetry).run(until_idle=True)
-
-
 async def test_publish_handle_and_follow_up_share_one_trace_with_the_right_parents(
     kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory, traces: Traces
 ) -> None:
@@ -107,7 +102,7 @@ async def test_publish_handle_and_follow_up_share_one_trace_with_the_right_paren
     async with Producer(ProducerSettings(kafka=kafka_settings), telemetry=traces.telemetry) as producer:
         await producer.publish(first, topic=topic)
     settings = consumer_settings(kafka_settings, database, topic)
-    await run_until_idle(app, settings, traces.telemetry)
+    await run_until_idle(app, settings, telemetry=traces.telemetry)
 
     send = traces.one(f"send {topic}", **{tr.MESSAGE_ID: first.id})
     handle = traces.one(f"handle {ORDER}", **{tr.MESSAGE_ID: first.id})
@@ -152,7 +147,7 @@ async def test_a_batch_span_links_every_event_and_each_handle_span_continues_its
     events = [order(n) for n in range(60)]
     async with Producer(ProducerSettings(kafka=kafka_settings), telemetry=traces.telemetry) as producer:
         (await producer.publish_many(events, topic=topic)).raise_for_failures()
-    await run_until_idle(app, consumer_settings(kafka_settings, database, topic), traces.telemetry)
+    await run_until_idle(app, consumer_settings(kafka_settings, database, topic), telemetry=traces.telemetry)
 
     creates = {e.id: traces.one(f"create {topic}", **{tr.MESSAGE_ID: e.id}) for e in events}
     batch_send = traces.one(f"send {topic}", **{tr.BATCH_COUNT: 60})
@@ -168,7 +163,7 @@ async def test_a_batch_span_links_every_event_and_each_handle_span_continues_its
 
 
 async def test_a_dead_lettered_and_replayed_event_stays_in_its_original_trace(
-    kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory, traces: Traces
+    kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory, traces: Traces, read_topic: Reader
 ) -> None:
     """handle (retries) → dead-letter send → replay send → handle again: parent to child, one trace id."""
     topic = await new_topic(partitions=2)
@@ -188,7 +183,7 @@ async def test_a_dead_lettered_and_replayed_event_stays_in_its_original_trace(
     async with Producer(ProducerSettings(kafka=kafka_settings), telemetry=traces.telemetry) as producer:
         await producer.publish(declined, topic=topic)
     settings = consumer_settings(kafka_settings, database, topic, max_attempts=3)
-    await run_until_idle(make_app(), settings, traces.telemetry)
+    await run_until_idle(make_app(), settings, telemetry=traces.telemetry)
 
     send = traces.one(f"send {topic}", **{tr.MESSAGE_ID: declined.id})
     failed = traces.one(f"handle {ORDER}", **{tr.MESSAGE_ID: declined.id})
@@ -202,7 +197,8 @@ async def test_a_dead_lettered_and_replayed_event_stays_in_its_original_trace(
     dlt_send = traces.one(f"send {topic}.dlt")
     assert parent_of(dlt_send) == ids(failed)[1]
     # the dead letter names its send span, so a replay elsewhere can continue from it
-    headers = await _dead_letter_headers(kafka_settings, f"{topic}.dlt")
+    [letter] = await read_topic(f"{topic}.dlt", 1)
+    headers = dict(letter.headers)
     assert dlt_send.context is not None
     assert headers["eventq-dlt-traceparent"].decode() == (
         f"00-{format_trace_id(ids(send)[0])}-{format_span_id(ids(dlt_send)[1])}-{dlt_send.context.trace_flags:02x}"
@@ -217,7 +213,7 @@ async def test_a_dead_lettered_and_replayed_event_stays_in_its_original_trace(
     assert linked(replay_send) == {ids(run)}
 
     fixed = True
-    await run_until_idle(make_app(), settings, traces.telemetry)
+    await run_until_idle(make_app(), settings, telemetry=traces.telemetry)
     again = next(s for s in traces.named(f"handle {ORDER}", **{tr.MESSAGE_ID: declined.id}) if s is not failed)
     assert parent_of(again) == ids(replay_send)[1]
     assert again.attributes is not None and again.attributes[tr.OUTCOME] == tr.HANDLED
@@ -249,7 +245,7 @@ async def test_skipped_duplicates_rejected_and_undecodable_records_are_visible_i
         await raw.send_and_wait(topic, b"not an event")
     finally:
         await raw.stop()
-    await run_until_idle(app, consumer_settings(kafka_settings, database, topic), traces.telemetry)
+    await run_until_idle(app, consumer_settings(kafka_settings, database, topic), telemetry=traces.telemetry)
 
     outcomes = sorted(
         (s.attributes or {})[tr.OUTCOME] for s in traces.named(f"handle {ORDER}", **{tr.MESSAGE_ID: kept.id})
@@ -291,7 +287,7 @@ async def test_log_lines_from_handling_carry_the_event_and_the_active_span(
         await producer.publish(event, topic=topic)
     settings = consumer_settings(kafka_settings, database, topic)
     with structlog.testing.capture_logs(processors=[add_event_context]) as logs:
-        await run_until_idle(app, settings, traces.telemetry)
+        await run_until_idle(app, settings, telemetry=traces.telemetry)
 
     handle = traces.one(f"handle {ORDER}")
     trace_id, span_id = format_trace_id(ids(handle)[0]), format_span_id(ids(handle)[1])
@@ -361,6 +357,9 @@ async def test_metrics_count_the_work_and_the_lag_returns_to_zero(
         assert _sum(reader, "eventq.consumer.dead_lettered") == 1
         assert _points(reader, "eventq.consumer.dead_lettered")[0].attributes[tr.DEAD_LETTER_REASON] == "exhausted"
         assert sum(p.count for p in _points(reader, "eventq.consumer.batch.size")) >= 2  # at least a slice each
+        slices = sum(p.count for p in _points(reader, "eventq.consumer.batch.size"))
+        assert sum(p.count for p in _points(reader, "messaging.process.duration")) == slices
+        assert sum(p.count for p in _points(reader, "messaging.client.operation.duration")) == 1  # one publish_many
         assert "eventq_consumer_lag" in text and "messaging_client_consumed_messages_total" in text
         lag_lines = [line for line in text.splitlines() if line.startswith("eventq_consumer_lag{")]
         assert len(lag_lines) == 2 and all(line.endswith(" 0.0") for line in lag_lines), lag_lines
@@ -380,19 +379,3 @@ def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
 
 def _sum(reader: InMemoryMetricReader, name: str) -> float:
     return sum(getattr(p, "value", 0) for p in _points(reader, name))
-
-
-async def _dead_letter_headers(kafka: KafkaSettings, topic: str) -> dict[str, bytes]:
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or {0, 1})]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        async with asyncio.timeout(15):
-            while True:
-                batches = await consumer.getmany(timeout_ms=500)
-                for records in batches.values():
-                    return {name: value for name, value in records[0].headers}
-    finally:
-        await consumer.stop()

@@ -14,14 +14,13 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import asyncpg
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from eventq.config import KafkaSettings
 from tests.conftest import TopicFactory, free_ports
-from tests.integration.consumer_kit import order, publish
+from tests.integration.consumer_kit import order, publish, rows
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -47,7 +46,7 @@ async def test_eventq_consume_serves_metrics_and_writes_spans_configured_by_the_
     )
     try:
         async with asyncio.timeout(60):
-            while await _rows(database, "cli-otel") < 50:
+            while len(await rows(database, "cli-otel")) < 50:
                 await asyncio.sleep(0.2)
             text = ""
             while len(lags := _lag_lines(text)) != 2 or any(not line.endswith(" 0.0") for line in lags):
@@ -160,11 +159,3 @@ def _get(url: str) -> str:
 def _lag_lines(text: str) -> list[str]:
     """The lag gauge's samples, one per assigned partition."""
     return [line for line in text.splitlines() if line.startswith("eventq_consumer_lag{")]
-
-
-async def _rows(database: str, group: str) -> int:
-    conn = await asyncpg.connect(database)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM processed_events WHERE consumer_group = $1", group))
-    finally:
-        await conn.close()
