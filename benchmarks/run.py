@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["producer.py", "consumer.py"]
+BENCHMARKS = ["producer.py", "consumer.py", "spans.py"]
 
 
 def main() -> int:
