@@ -132,10 +132,22 @@ async def create_topics(
 
 async def partition_counts(settings: KafkaSettings, topics: Iterable[str]) -> dict[str, int]:
     """How many partitions each existing topic among ``topics`` has (missing ones are left out)."""
+    return {topic: partitions for topic, (partitions, _) in (await topic_shapes(settings, topics)).items()}
+
+
+async def topic_shapes(settings: KafkaSettings, topics: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """(partitions, replication factor) of each existing topic among ``topics`` (missing ones are left out).
+
+    The replication factor is the replica count of the topic's first partition.
+    """
     wanted = list(dict.fromkeys(topics))
     async with _admin(settings, wanted) as admin:
         descriptions: Any = await admin.describe_topics(wanted)
-    return {d["topic"]: len(d["partitions"]) for d in descriptions if d["error_code"] == 0 and d["partitions"]}
+    return {
+        d["topic"]: (len(d["partitions"]), len(min(d["partitions"], key=lambda p: p["partition"])["replicas"]))
+        for d in descriptions
+        if d["error_code"] == 0 and d["partitions"]
+    }
 
 
 async def _until_listed(admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float = 10.0) -> None:

@@ -48,7 +48,7 @@ from eventq.consumers.retrytopics import retry_topic
 from eventq.consumers.settings import ConsumerSettings
 from eventq.consumers.slices import Interrupt, Item, SliceResult, decode_items
 from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
-from eventq.kafka import create_topics, partition_counts
+from eventq.kafka import create_topics, topic_shapes
 from eventq.producers.producer import Producer
 from eventq.producers.settings import ProducerSettings
 from eventq.schemas.registry import SchemaRegistry
@@ -220,7 +220,7 @@ class Consumer:
                 f"topic(s) {', '.join(missing)} do not exist; create them (eventq topics create "
                 f"{' '.join(missing)})"
             )
-        # derived topic -> the source topic it serves (for its partition count)
+        # derived topic -> the source topic it serves (for its partition count and replication)
         derived = {s.dead_letter_topic_for(t): t for t in self.topics}
         retry_handlers = [h for h in self.app.handlers.values() if h.retry_topics]
         levels = max(((h.max_attempts or s.max_attempts) - 1 for h in retry_handlers), default=0)
@@ -232,14 +232,16 @@ class Consumer:
                 f"topic(s) {', '.join(missing_derived)} do not exist; create them (eventq topics create "
                 f"{' '.join(missing_derived)}) or allow EVENTQ_CREATE_TOPICS"
             )
-        counts = await partition_counts(s.kafka, set(derived.values())) if missing_derived else {}
+        shapes = await topic_shapes(s.kafka, set(derived.values())) if missing_derived else {}
         for name in missing_derived:
-            partitions = counts.get(derived[name], 1)
+            # The source's shape: as many partitions, and as many replicas (so a dead-letter
+            # topic is not the one topic lost with a single broker).
+            partitions, replication = shapes.get(derived[name], (1, 1))
             try:
-                await create_topics(s.kafka, [name], partitions=partitions)
+                await create_topics(s.kafka, [name], partitions=partitions, replication_factor=replication)
             except EventqError as exc:
                 raise ConsumerError(f"cannot create topic {name!r}: {exc}") from exc
-            log.info("consumer.topic_created", topic=name, partitions=partitions)
+            log.info("consumer.topic_created", topic=name, partitions=partitions, replication_factor=replication)
         self._retry_topics = frozenset(retry_names)
         await self._sink.start()
         await self._producer.start()
