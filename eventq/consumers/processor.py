@@ -54,6 +54,8 @@ from eventq.schemas.correlation import caused_by, enter_cause, exit_cause
 from eventq.telemetry import tracing as tr
 from eventq.telemetry.logs import enter_work, exit_work
 
+_PROBE_TIMEOUT_S = 2.0
+
 log = structlog.get_logger("eventq.consumer")
 
 
@@ -294,8 +296,10 @@ class Processor:
                 return True
             except Exception as caught:
                 error = caught.error if isinstance(caught, _DatabaseStep) else caught
-                if isinstance(caught, _DatabaseStep) and is_outage(error):
-                    # The database, not the handler, failed: wait for it without using up attempts.
+                if is_outage(error) and (isinstance(caught, _DatabaseStep) or not await self._database_answers()):
+                    # The database, not the handler, failed (eventq's own step, or the handler's
+                    # query while eventq's database does not answer either): wait for it
+                    # without using up attempts, then run the same attempt again.
                     await self.status.database_down(error)
                     if stop.requested:
                         return False
@@ -334,6 +338,15 @@ class Processor:
                 result.rows.append(store.Processed(event.id, record.topic, record.partition, record.offset))
             result.handled += 1
             return True
+
+    async def _database_answers(self) -> bool:
+        """True if eventq's database answers ``SELECT 1`` within two seconds."""
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                await self.pool.fetchval("SELECT 1")
+        except Exception:  # noqa: BLE001 - any failure means "does not answer"
+            return False
+        return True
 
     def _hand_off(
         self,

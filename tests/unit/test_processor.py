@@ -47,12 +47,26 @@ def items_of(app: App, *events: Event) -> list[Item]:
     return decode_items(records, app, REGISTRY, DEFAULT_MAX_EVENT_BYTES)
 
 
-def processor(app: App, **settings: Any) -> Processor:
+class ProbedPool:
+    """Stands in for the daemon's pool where only the outage probe (SELECT 1) is used."""
+
+    def __init__(self, answers: bool = True) -> None:
+        self.answers = answers
+        self.probes = 0
+
+    async def fetchval(self, query: str) -> int:
+        self.probes += 1
+        if not self.answers:
+            raise ConnectionRefusedError("database down")
+        return 1
+
+
+def processor(app: App, pool: ProbedPool | None = None, **settings: Any) -> Processor:
     fields: dict[str, Any] = {"backoff_initial_s": 0, "backoff_jitter": 0}
     fields.update(settings)
     return Processor(
         app=app, settings=ConsumerSettings(**fields), group="billing", producer=None,  # type: ignore[arg-type]
-        pool=None, status=Status(),
+        pool=pool or ProbedPool(), status=Status(),
     )
 
 
@@ -130,6 +144,27 @@ async def _noop(event: Any, ctx: Any) -> None:
 
 def rows(result: SliceResult) -> list[tuple[str, int, str]]:
     return [(row.event_id, row.offset, row.outcome) for row in result.rows]
+
+
+async def test_handler_failing_while_the_database_is_down_uses_up_no_attempt() -> None:
+    """A handler's connection error while eventq's database does not answer is an outage: the attempt is run again, not counted."""
+    app = App("billing")
+    pool = ProbedPool(answers=False)
+    attempts: list[int] = []
+
+    @app.handler(CREATED, max_attempts=2)
+    async def writes(event: Event, ctx: Any) -> None:
+        attempts.append(ctx.attempt)
+        if len(attempts) == 3:
+            pool.answers = True
+        if len(attempts) <= 3:
+            raise ConnectionRefusedError("database down")
+
+    event = order()
+    result = await processor(app, pool).run(items_of(app, event), set())
+
+    assert attempts == [1, 1, 1, 2]  # two outages, then attempt 1 failed for real and attempt 2 succeeded
+    assert result.rows == [Processed(event.id, "orders", 3, 100, "handled")]
 
 
 async def test_handler_that_fails_twice_then_succeeds_is_recorded_once() -> None:
