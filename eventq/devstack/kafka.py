@@ -1,4 +1,7 @@
-"""A real single-node Apache Kafka broker (KRaft) run from jars fetched from Maven Central.
+"""A real Apache Kafka broker (KRaft) run from jars fetched from Maven Central.
+
+A single node by default (the dev stack); ``node_id``/``voters``/``cluster_id`` let several
+brokers form one cluster (the fault-injection suite's three nodes on loopback).
 
 Why jars instead of Docker or the release tarball: docs/adr/0001-kafka-from-maven-central.md.
 """
@@ -185,15 +188,35 @@ class KafkaBroker:
     ``logs/server.log``, ``logs/console.log`` and ``broker.pid``. Storage is formatted on
     the first start only, so a stopped broker restarted with the same home keeps its
     topics and offsets. Auto-creation of topics is off.
+
+    By default the node is a cluster of its own (node 1, the only voter). For a cluster of
+    several nodes give each its ``node_id``, the same ``voters`` (``controller.quorum.voters``,
+    e.g. ``1@127.0.0.1:9093,2@127.0.0.1:9095,...``) and the same ``cluster_id`` (nodes
+    formatted with different ids refuse to join each other). ``overrides`` are written
+    after the template's properties; Java's ``Properties.load`` keeps the last occurrence
+    of a key, so they win.
     """
 
     def __init__(
-        self, *, home: Path, port: int, controller_port: int, lib: Path
+        self,
+        *,
+        home: Path,
+        port: int,
+        controller_port: int,
+        lib: Path,
+        node_id: int = 1,
+        voters: str | None = None,
+        cluster_id: str | None = None,
+        overrides: Mapping[str, str] | None = None,
     ) -> None:
         self.home = home.resolve()
         self.port = port
         self.controller_port = controller_port
         self.lib = lib.resolve()
+        self.node_id = node_id
+        self.voters = voters or f"{node_id}@127.0.0.1:{controller_port}"
+        self.cluster_id = cluster_id
+        self.overrides = dict(overrides or {})
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -240,6 +263,19 @@ class KafkaBroker:
         """
         if self.is_running():
             return
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the broker process without waiting for it to be ready.
+
+        Writes the config and formats storage on the first start. A no-op if it is already
+        running. The nodes of a cluster are all launched before any is waited for: a broker
+        is ready only once a majority of the controller quorum runs. Raises
+        :class:`DevStackError` if either port is taken, Java 17+ is missing or formatting fails.
+        """
+        if self.is_running():
+            return
         for port, what in ((self.port, "broker"), (self.controller_port, "controller")):
             if not port_is_free(port):
                 raise DevStackError(
@@ -251,25 +287,29 @@ class KafkaBroker:
         if not (self.data_dir / "meta.properties").exists():
             self._format(java)
         self._launch(java)
-        self._wait_ready(timeout)
 
     def _write_config(self) -> None:
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         package = resources.files("eventq.devstack")
         template = Template(package.joinpath("server.properties").read_text())
-        self._properties.write_text(
-            template.substitute(
-                broker_port=self.port,
-                controller_port=self.controller_port,
-                log_dirs=self.data_dir,
-            )
+        text = template.substitute(
+            node_id=self.node_id,
+            voters=self.voters,
+            broker_port=self.port,
+            controller_port=self.controller_port,
+            log_dirs=self.data_dir,
         )
+        if self.overrides:
+            text += "\n# Overrides: the last occurrence of a key wins.\n" + "".join(
+                f"{key}={value}\n" for key, value in self.overrides.items()
+            )
+        self._properties.write_text(text)
         (self.home / "log4j2.yaml").write_text(
             package.joinpath("log4j2.yaml").read_text()
         )
 
     def _format(self, java: str) -> None:
-        cluster_id = _random_cluster_id()
+        cluster_id = self.cluster_id or _random_cluster_id()
         command = [java, "-cp", f"{self.lib}/*", "kafka.tools.StorageTool", "format",
                    "-t", cluster_id, "-c", str(self._properties)]  # fmt: skip
         done = subprocess.run(
@@ -301,16 +341,26 @@ class KafkaBroker:
             )
         self._pid_file.write_text(f"{self._proc.pid}\n")
 
-    def _wait_ready(self, timeout: float) -> None:
-        assert self._proc is not None
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Return once the broker's port accepts connections (it is then unfenced and serving).
+
+        Raises :class:`DevStackError` if the broker is not running or exits, or is not
+        ready within ``timeout`` seconds (then it is killed); the message carries the last
+        20 lines of server.log.
+        """
         deadline = time.monotonic() + timeout
         while True:
-            code = self._proc.poll()
-            if code is not None:
-                self._pid_file.unlink(missing_ok=True)
+            if self._proc is not None:
+                code = self._proc.poll()
+                if code is not None:
+                    self._pid_file.unlink(missing_ok=True)
+                    raise DevStackError(
+                        f"Kafka broker exited with code {code} during start-up; "
+                        f"{self._failure_context()}"
+                    )
+            elif not self.is_running():  # not our child: only /proc tells whether it died
                 raise DevStackError(
-                    f"Kafka broker exited with code {code} during start-up; "
-                    f"{self._failure_context()}"
+                    f"Kafka broker is not running; {self._failure_context()}"
                 )
             # The broker opens its listening socket only once it can serve requests.
             if port_accepts(self.port):
