@@ -1,0 +1,244 @@
+"""The properties P1–P6, computed from what the run left behind: processed_events rows,
+side_effects, the source topic and its dead-letter topic.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from eventq.config import KafkaSettings
+from eventq.dlq.letters import Letter, scan
+from eventq.schemas.envelope import H_ID
+from tests.conftest import partitions_of
+from tests.faults.stack import Death
+from tests.faults.workload import Workload
+
+
+@dataclass(frozen=True)
+class Effect:
+    event_id: str
+    attempt: int
+    pid: int
+    serial: int
+    at: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The database's view of one consumer group after draining."""
+
+    rows: dict[str, tuple[str, float]]  # event id -> (outcome, processed_at unix time)
+    effects: dict[str, list[Effect]]  # event id -> its side effects in insert order
+
+    @classmethod
+    async def take(cls, database: str, group: str) -> Snapshot:
+        conn = await asyncpg.connect(database)
+        try:
+            rows = await conn.fetch(
+                "SELECT event_id::text AS id, outcome, extract(epoch FROM processed_at)::float8 AS at "
+                "FROM processed_events WHERE consumer_group = $1",
+                group,
+            )
+            effects = await conn.fetch(
+                "SELECT event_id::text AS id, attempt, pid, serial, extract(epoch FROM at)::float8 AS at "
+                "FROM side_effects ORDER BY serial"
+            )
+        finally:
+            await conn.close()
+        by_event: dict[str, list[Effect]] = {}
+        for e in effects:
+            by_event.setdefault(e["id"], []).append(Effect(e["id"], e["attempt"], e["pid"], e["serial"], e["at"]))
+        return cls(rows={r["id"]: (r["outcome"], r["at"]) for r in rows}, effects=by_event)
+
+
+@dataclass(frozen=True)
+class Original:
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+async def read_source(kafka: KafkaSettings, topic: str) -> dict[str, Original]:
+    """The first copy of every event in the source topic, by event id (from its ``ce_id`` header)."""
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await partitions_of(kafka, topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        found: dict[str, Original] = {}
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+            for records in batch.values():
+                for r in records:
+                    headers = tuple(r.headers or ())
+                    event_id = dict(headers).get(H_ID)
+                    if event_id is not None:
+                        found.setdefault(event_id.decode(), Original(r.key, r.value, headers))
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def read_letters(kafka: KafkaSettings, topic: str) -> list[Letter]:
+    return [letter async for letter in scan(kafka, topic)]
+
+
+@dataclass
+class Verdict:
+    """One property's outcome: a figure for the table and, if it failed, the offending ids."""
+
+    ok: bool
+    figure: str
+    ids: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)  # one line per offending id, for the failure output
+
+
+def no_loss(w: Workload, acked: set[str], snap: Snapshot, letters: list[Letter]) -> Verdict:
+    """P1: every acknowledged event has a row or a dead letter; every malformed record a dead letter."""
+    lettered = {letter.event_id for letter in letters if letter.event_id}
+    missing = sorted(i for i in acked if i not in snap.rows and i not in lettered)
+    bad_values = {letter.value for letter in letters}
+    malformed_missing = sum(1 for v in w.malformed if v not in bad_values)
+    ok = not missing and not malformed_missing and len(acked) == len(w.events)
+    lettered_bad = len(w.malformed) - malformed_missing
+    figure = f"{len(acked) - len(missing)}/{len(acked)} acked accounted; "
+    figure += f"malformed dead-lettered {lettered_bad}/{len(w.malformed)}"
+    return Verdict(ok, figure, missing)
+
+
+def one_record(w: Workload, snap: Snapshot) -> Verdict:
+    """P2: exactly one row per event; a handled row only where the handler ran, and vice versa."""
+    ids = w.ids
+    unknown = sorted(i for i in snap.rows if i not in ids)
+    handled_without_effect = sorted(i for i, (o, _) in snap.rows.items() if o == "handled" and i not in snap.effects)
+    effect_without_row = sorted(i for i in snap.effects if snap.rows.get(i, ("", 0.0))[0] != "handled")
+    outcomes = Counter(o for o, _ in snap.rows.values())
+    bad = unknown + handled_without_effect + effect_without_row
+    figure = (
+        f"{len(snap.rows)} rows for {len(ids)} events ({', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))})"
+    )
+    if bad:
+        figure += f"; {len(handled_without_effect)} handled w/o effect, {len(effect_without_row)} effects w/o row"
+    return Verdict(not bad and len(snap.rows) == len(ids), figure, bad)
+
+
+def histogram(snap: Snapshot) -> Counter[int]:
+    return Counter(len(v) for v in snap.effects.values())
+
+
+def side_effects(
+    snap: Snapshot,
+    deaths: list[Death],
+    paused: dict[int, tuple[float, float | None]],
+    db_outages: list[tuple[float, float]],
+) -> tuple[Verdict, Counter[str]]:
+    """P3: a duplicate side effect is allowed only from a window that permits it.
+
+    * the first run was in a worker that then died (kill -9 or a crash point) before the
+      event's row was committed: the handler ran, the row did not;
+    * one of the runs was in a worker that was paused (a zombie: it may still finish what
+      it had fetched after its partitions moved on, or it ran before the pause and
+      never recorded);
+    * the first run happened during a PostgreSQL outage (its commit may have been lost
+      on the way back, so the handler saw an error and ran again).
+
+    A duplicate of an event whose row was committed before its first runner died (e.g. a
+    crash after the record or before the commit) is a failure: redelivery must skip it.
+    Returns the verdict and the explained duplicates counted by window.
+    """
+    died = {d.pid: d for d in deaths}
+    unexplained = []
+    explained: Counter[str] = Counter()
+    for event_id, effects in snap.effects.items():
+        if len(effects) < 2:
+            continue
+        row_at = snap.rows.get(event_id, ("", float("inf")))[1]
+        windows = []
+        if any(e.pid in paused for e in effects):
+            windows.append("zombie")
+        for earlier in effects[:-1]:
+            death = died.get(earlier.pid)
+            if death is not None and not death.how.startswith("exit") and row_at > death.at:
+                windows.append(death.how)
+            elif any(start - 1.0 <= earlier.at <= end + 1.0 for start, end in db_outages):
+                windows.append("database outage")
+        if windows:
+            explained[windows[0]] += 1
+        else:
+            unexplained.append(event_id)
+    h = histogram(snap)
+    why = ", ".join(f"{n} {w}" for w, n in sorted(explained.items()))
+    figure = " ".join(f"{k}×:{h[k]}" for k in sorted(h)) + f"; duplicates explained {sum(explained.values())}"
+    figure += f" ({why})" if why else ""
+    figure += f", unexplained {len(unexplained)}"
+    details = [
+        f"{i}: row {snap.rows.get(i, ('none', 0.0))[0]} at {snap.rows.get(i, ('', 0.0))[1]:.3f}; runs "
+        + ", ".join(
+            f"pid {e.pid} attempt {e.attempt} at {e.at:.3f}"
+            + (f" (pid died {died[e.pid].at:.3f})" if e.pid in died else "")
+            for e in snap.effects[i]
+        )
+        for i in sorted(unexplained)[:20]
+    ]
+    return Verdict(not unexplained, figure, sorted(unexplained), details), explained
+
+
+def key_order(w: Workload, snap: Snapshot) -> Verdict:
+    """P5: per key, events were first processed in sequence order (poison events excluded)."""
+    first = {i: e[0].serial for i, e in snap.effects.items()}
+    last_by_key: dict[str, tuple[int, str]] = {}
+    out_of_order = []
+    for event in w.events:  # in per-key sequence order
+        if event.id in w.poison or event.id not in first:
+            continue
+        key = event.key or ""
+        previous = last_by_key.get(key)
+        if previous is not None and first[event.id] < previous[0]:
+            out_of_order.append(event.id)
+        last_by_key[key] = (first[event.id], event.id)
+    return Verdict(not out_of_order, f"{len(out_of_order)} out of order over {len(last_by_key)} keys", out_of_order)
+
+
+def poison_dead_lettered(w: Workload, letters: list[Letter], source: dict[str, Original]) -> Verdict:
+    """P6a: every poison event was dead-lettered with its original key, value and headers."""
+    by_event: dict[str, list[Letter]] = {}
+    for letter in letters:
+        if letter.event_id:
+            by_event.setdefault(letter.event_id, []).append(letter)
+    wrong = []
+    for event_id in sorted(w.poison):
+        original = source.get(event_id)
+        copies = by_event.get(event_id, [])
+        if original is None or not any(
+            c.key == original.key and c.value == original.value and set(original.headers) <= set(c.original_headers())
+            for c in copies
+        ):
+            wrong.append(event_id)
+    return Verdict(not wrong, f"{len(w.poison) - len(wrong)}/{len(w.poison)} with original bytes", wrong)
+
+
+def replayed_once(w: Workload, snap: Snapshot) -> Verdict:
+    """P6b: after the replay each poison event was handled exactly once."""
+    wrong = sorted(
+        i for i in w.poison if len(snap.effects.get(i, [])) != 1 or snap.rows.get(i, ("", 0.0))[0] != "handled"
+    )
+    return Verdict(not wrong, f"{len(w.poison) - len(wrong)}/{len(w.poison)} handled once", wrong)
+
+
+def unchanged(before: Snapshot, after: Snapshot) -> Verdict:
+    """P6c: a second replay changed no row and ran no handler."""
+    changed = sorted(
+        {i for i in after.effects if len(after.effects[i]) != len(before.effects.get(i, []))}
+        | {i for i in after.rows if after.rows[i][0] != before.rows.get(i, ("", 0.0))[0]}
+    )
+    return Verdict(not changed, f"{len(changed)} changed", changed)

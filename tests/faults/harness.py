@@ -1,0 +1,285 @@
+"""One fault run: publish the workload while a fault is injected, heal, drain, check P1–P6.
+
+    result = await run_fault(FAULTS["F1"], services, seed=7, events=20_000, home=Path(...))
+
+The run uses its own topic, consumer group and database on ``services``, so runs can
+share one broker and PostgreSQL cluster (a run heals what its fault broke).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eventq.kafka import create_topics, topic_shapes
+from tests.conftest import end_offsets
+from tests.faults import checks
+from tests.faults.faults import Disruptions, Fault, Scene
+from tests.faults.stack import REPO, Services, Workers
+from tests.faults.workload import EVENT_TYPE, SCHEMAS, Workload, build, publish
+from tests.integration.consumer_kit import committed
+
+LAG_BOUND_S = 120.0
+"""P4: after healing, the group's lag must be back to 0 within this many seconds."""
+
+
+@dataclass
+class Result:
+    """Everything the report shows for one fault run."""
+
+    fault: Fault
+    seed: int
+    events: int
+    verdicts: dict[str, checks.Verdict] = field(default_factory=dict)
+    drain_s: float = float("nan")
+    seconds: float = 0.0
+    resent: int = 0
+    actions: list[str] = field(default_factory=list)
+    deaths: dict[str, int] = field(default_factory=dict)  # how workers died -> count
+    facts: list[str] = field(default_factory=list)  # figures that are not a property
+    workers_started: int = 0
+    explained_duplicates: Counter[str] = field(default_factory=Counter)  # crash window -> duplicates
+    logs: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(v.ok for v in self.verdicts.values())
+
+    def failures(self) -> str:
+        """The seed and the offending ids of every failed property (empty if none failed)."""
+        lines = []
+        for name, v in self.verdicts.items():
+            if not v.ok:
+                shown = ", ".join(v.ids[:20]) + (f" … ({len(v.ids)} in all)" if len(v.ids) > 20 else "")
+                lines.append(f"{self.fault.name} seed={self.seed}: {name} failed: {v.figure}; ids: {shown or '-'}")
+                lines += [f"  {d}" for d in v.details]
+        if lines and self.logs is not None:
+            lines.append(f"worker logs: {self.logs}")
+        return "\n".join(lines)
+
+
+def worker_env(services: Services, *, topic: str, group: str, database: str, fix_file: Path) -> dict[str, str]:
+    """The daemons' settings: the product defaults, except shorter timeouts so faults bite quickly."""
+    return {
+        "EVENTQ_BOOTSTRAP_SERVERS": services.bootstrap,
+        "EVENTQ_DATABASE_URL": database,
+        "EVENTQ_GROUP": group,
+        "EVENTQ_TOPICS": topic,
+        "EVENTQ_SESSION_TIMEOUT_S": "6",
+        "EVENTQ_MAX_POLL_INTERVAL_S": "10",
+        "EVENTQ_BACKOFF_INITIAL_S": "0.2",
+        "EVENTQ_BACKOFF_MAX_S": "2",
+        "EVENTQ_SHUTDOWN_GRACE_S": "10",
+        "EVENTQ_DEAD_LETTER_TIMEOUT_S": "5",
+        "EVENTQ_SCHEMAS": SCHEMAS,
+        "FAULT_FIX_FILE": str(fix_file),
+        "PYTHONPATH": str(REPO),
+    }
+
+
+async def lag(services: Services, group: str, topic: str, *, tolerance: int = 0) -> int | None:
+    """Records of ``topic`` not yet committed by ``group`` (None if the broker cannot say).
+
+    ``tolerance`` 1 forgives one offset per partition: the marker a replay's transaction
+    leaves after its last record, which a consumer never commits past until a new record.
+    """
+    try:
+        ends = await end_offsets(services.kafka, topic)
+        done = await committed(services.kafka, group, topic)
+    except Exception:  # noqa: BLE001 - a broker still recovering answers later
+        return None
+    return sum(max(0, end - done.get(p, 0) - (tolerance if done.get(p, 0) < end else 0)) for p, end in ends.items())
+
+
+async def wait_drained(services: Services, group: str, topic: str, *, timeout: float, tolerance: int = 0) -> float:
+    """Seconds until the group's lag on ``topic`` is 0; raises TimeoutError after ``timeout``."""
+    started = time.monotonic()
+    while True:
+        if await lag(services, group, topic, tolerance=tolerance) == 0:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"lag of {group} on {topic} not 0 after {timeout:.0f} s")
+        await asyncio.sleep(0.5)
+
+
+async def replay(
+    services: Services,
+    dlt: str,
+    run: str,
+    *,
+    kill_when: Callable[[], Awaitable[bool]] | None = None,
+    rate: str | None = None,
+) -> str:
+    """Run ``eventq dlq replay`` for the workload's event type and return its summary line.
+
+    With ``kill_when``, the CLI is killed -9 as soon as that returns True (checked every
+    0.1 s), as a crash mid-run would.
+    """
+    command = [str(Path(sys.executable).parent / "eventq"), "dlq", "replay", dlt, "--bootstrap-servers",
+               services.bootstrap, "--run", run, "--yes", "--event-type", EVENT_TYPE]  # fmt: skip
+    if rate:
+        command += ["--rate", rate]
+    proc = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    killed = False
+    if kill_when is not None:
+        while proc.returncode is None:
+            if await kill_when():
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+            await asyncio.sleep(0.1)
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace").strip().splitlines()
+    if killed:
+        return f"killed -9 mid-run (exit {proc.returncode})"
+    if proc.returncode != 0:
+        raise RuntimeError(f"eventq dlq replay exited {proc.returncode}: {out.decode(errors='replace')}")
+    return text[-1] if text else ""
+
+
+async def wait_for_topic(services: Services, topic: str, timeout: float = 60) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**services.kafka.client_kwargs())
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while topic not in await admin.list_topics():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic} was not created within {timeout:.0f} s")
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
+
+
+async def run_fault(
+    fault: Fault, services: Services, *, seed: int, events: int, home: Path, publish_s: float = 12.0
+) -> Result:
+    """Run one fault end to end and return the checked result (it never raises on a failed check)."""
+    started = time.monotonic()
+    rng = random.Random(f"{fault.name}:{seed}")
+    workload: Workload = build(seed, events)
+    suffix = uuid.uuid4().hex[:6]
+    topic, group = f"faults.{fault.name.lower()}.{suffix}", f"faults-{fault.name.lower()}-{suffix}"
+    run_home = home / f"{fault.name}-{suffix}"
+    run_home.mkdir(parents=True)
+    fix_file = run_home / "fix-deployed"
+    config = {"min.insync.replicas": "2"} if services.replication >= 3 else None
+    await create_topics(services.kafka, [topic], partitions=6, replication_factor=services.replication, config=config)
+    database = await services.new_database(f"faults_{fault.name.lower()}_{suffix}")
+    workers = Workers(
+        env={**worker_env(services, topic=topic, group=group, database=database, fix_file=fix_file),
+             **dict(fault.worker_env)},
+        logs=run_home / "logs",
+        crash_plan=list(fault.crash_plan),
+    )  # fmt: skip
+    result = Result(fault, seed, events, logs=workers.logs)
+    done = Disruptions()
+    workers.start()
+    try:
+        await wait_for_topic(services, f"{topic}.dlt")  # the daemons create it at start-up
+        shapes = await topic_shapes(services.kafka, [f"{topic}.dlt"])
+        result.facts.append(f"dead-letter topic created by the daemons: {shapes[f'{topic}.dlt'][0]} partitions, "
+                            f"replication factor {shapes[f'{topic}.dlt'][1]}")  # fmt: skip
+        scene = Scene(services, workers, topic, rng, window_s=publish_s + 4.0, done=done)
+        if fault.prepare is not None:
+            await fault.prepare(scene)
+        published = asyncio.create_task(publish(services.kafka, topic, workload, rate=events / publish_s))
+        await fault.inject(scene)
+        await services.heal()
+        workers.size = 3
+        for pid, (_, until) in list(workers.paused.items()):
+            if until is None:
+                workers.resume(pid)
+        healed = time.monotonic()
+        log = await published
+        result.resent = log.resent
+        await wait_drained(services, group, topic, timeout=LAG_BOUND_S + 180)
+        result.drain_s = time.monotonic() - healed
+        workers.reap()
+
+        snap = await checks.Snapshot.take(database, group)
+        letters = await checks.read_letters(services.kafka, f"{topic}.dlt")
+        source = await checks.read_source(services.kafka, topic)
+        v = result.verdicts
+        v["P1 no loss"] = checks.no_loss(workload, log.acked, snap, letters)
+        v["P2 one record"] = checks.one_record(workload, snap)
+        v["P3 side effects"], result.explained_duplicates = checks.side_effects(
+            snap, workers.deaths, workers.paused, done.db_outages
+        )
+        v["P4 lag 0"] = checks.Verdict(
+            result.drain_s <= LAG_BOUND_S, f"{result.drain_s:.1f} s after healing (bound {LAG_BOUND_S:.0f} s)"
+        )
+        if fault.consumer_disrupted or log.resent:
+            why = "consumers crashed" if fault.consumer_disrupted else f"publisher re-sent {log.resent}"
+            v["P5 key order"] = checks.Verdict(True, f"n/a ({why})")
+        else:
+            v["P5 key order"] = checks.key_order(workload, snap)
+        v["P6 dead-lettered"] = checks.poison_dead_lettered(workload, letters, source)
+        healthy_lettered = sum(
+            1 for i, (o, _) in snap.rows.items() if o == "dead_lettered" and i not in workload.poison
+        )
+        result.facts.append(
+            f"healthy events dead-lettered: {healthy_lettered}; dead letters {len(letters)} "
+            f"for {len(workload.poison)} poison events and {len(workload.malformed)} malformed records"
+        )
+
+        # The fix is deployed; replay the dead letters (F8: kill the first replay mid-run, rerun it).
+        fix_file.touch()
+        dlt = f"{topic}.dlt"
+        if fault.kill_replay:
+            # Kill the replay once it has republished some poison events but not all.
+            async def some_replayed() -> bool:
+                return 0 < await _handled(database, group, workload.poison) < len(workload.poison)
+
+            done.note(f"replay r1: {await replay(services, dlt, 'r1', kill_when=some_replayed, rate='1/s')}")
+            result.facts.append(f"replay killed with {await _handled(database, group, workload.poison)}"
+                                f"/{len(workload.poison)} poison events handled; rerun resumed")  # fmt: skip
+        done.note(f"replay r1: {await replay(services, dlt, 'r1')}")
+        await _until_replayed(database, group, workload)
+        await wait_drained(services, group, topic, timeout=120, tolerance=1)
+        after_replay = await checks.Snapshot.take(database, group)
+        v["P6 replayed once"] = checks.replayed_once(workload, after_replay)
+        done.note(f"second replay r2: {await replay(services, dlt, 'r2')}")
+        await wait_drained(services, group, topic, timeout=120, tolerance=1)
+        v["P6 2nd replay no-op"] = checks.unchanged(after_replay, await checks.Snapshot.take(database, group))
+    finally:
+        await workers.stop()
+        result.actions = done.actions
+        result.deaths = dict(Counter(d.how for d in workers.deaths))
+        result.workers_started = workers.started
+        result.seconds = time.monotonic() - started
+    return result
+
+
+async def _handled(database: str, group: str, ids: frozenset[str]) -> int:
+    """How many of ``ids`` have a ``handled`` row in ``group``."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM processed_events WHERE consumer_group = $1 AND outcome = 'handled' "
+            "AND event_id = ANY($2::uuid[])",
+            group, list(ids),
+        )  # fmt: skip
+        return count
+    finally:
+        await conn.close()
+
+
+async def _until_replayed(database: str, group: str, workload: Workload, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while await _handled(database, group, workload.poison) < len(workload.poison):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"replayed poison events not all handled after {timeout:.0f} s")
+        await asyncio.sleep(0.5)

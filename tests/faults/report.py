@@ -1,0 +1,47 @@
+"""The fault matrix's report: one table row per fault, printed and saved as Markdown."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tests.faults.harness import Result
+
+PROPERTIES = ("P1 no loss", "P2 one record", "P3 side effects", "P4 lag 0", "P5 key order", "P6 dead-lettered",
+              "P6 replayed once", "P6 2nd replay no-op")  # fmt: skip
+
+
+def render(results: Sequence[Result], *, command: str) -> str:
+    """Markdown: a summary table (pass/fail per property), then each fault's figures and actions."""
+    lines = [
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
+        f"({platform.machine()}, Python {platform.python_version()}): `{command}`",
+        "",
+        "| fault | events | seed | " + " | ".join(p.split(" ", 1)[0] for p in PROPERTIES) + " | drain s | run s |",
+        "|---|---:|---:|" + "---|" * len(PROPERTIES) + "---:|---:|",
+    ]
+    for r in results:
+        marks = " | ".join(("pass" if r.verdicts[p].ok else "**FAIL**") if p in r.verdicts else "-" for p in PROPERTIES)
+        lines.append(
+            f"| {r.fault.name} {r.fault.title} | {r.events} | {r.seed} | {marks} | {r.drain_s:.1f} | {r.seconds:.0f} |"
+        )
+    for r in results:
+        lines += ["", f"### {r.fault.name}: {r.fault.title}", ""]
+        lines += [f"- {p}: {r.verdicts[p].figure}" for p in PROPERTIES if p in r.verdicts]
+        died = ", ".join(f"{how} {n}" for how, n in sorted(r.deaths.items())) or "none"
+        lines.append(f"- workers started {r.workers_started}; died: {died}; publisher re-sent {r.resent}")
+        lines += [f"- {fact}" for fact in r.facts]
+        if r.actions:
+            lines.append(
+                f"- actions ({len(r.actions)}): " + "; ".join(r.actions[:12]) + (" …" if len(r.actions) > 12 else "")
+            )
+        if not r.ok:
+            lines += ["", "```", r.failures(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def save(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

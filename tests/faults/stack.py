@@ -1,0 +1,264 @@
+"""The services a fault run starts, breaks and heals: its own Kafka (one node or three),
+its own PostgreSQL cluster, and a supervised pool of consumer daemon processes.
+
+Nothing here touches the dev stack: every port is a free one and every file lives under
+the run's own folder, so killing a broker or PostgreSQL here disturbs no other test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from eventq.config import KafkaSettings
+from eventq.devstack import StackSettings
+from eventq.devstack.kafka import KafkaBroker, ensure_kafka_jars
+from eventq.devstack.postgres import PostgresCluster, cluster_home
+from tests.conftest import free_ports
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Services:
+    """A Kafka broker (or three-node cluster) and a PostgreSQL cluster of the suite's own."""
+
+    def __init__(self, home: Path, *, nodes: int = 1) -> None:
+        self.home = home
+        self.nodes = nodes
+        lib = ensure_kafka_jars(StackSettings.from_env())
+        if nodes == 1:
+            port, controller = free_ports(2)
+            self.broker: KafkaBroker | None = KafkaBroker(
+                home=home / "kafka", port=port, controller_port=controller, lib=lib
+            )
+            self.cluster = None
+            self.bootstrap = f"127.0.0.1:{port}"
+        else:
+            from tests.faults.cluster import KafkaCluster
+
+            self.broker = None
+            self.cluster = KafkaCluster(home / "kafka", lib, size=nodes)
+            self.bootstrap = self.cluster.bootstrap_servers
+        [pg_port] = free_ports(1)
+        self.postgres = PostgresCluster(home=cluster_home(home), port=pg_port)
+
+    @property
+    def kafka(self) -> KafkaSettings:
+        return KafkaSettings(bootstrap_servers=self.bootstrap, client_id="eventq-faults")
+
+    @property
+    def replication(self) -> int:
+        return 3 if self.nodes >= 3 else 1
+
+    async def start(self) -> None:
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.start, 90)
+        else:
+            assert self.cluster is not None
+            await asyncio.to_thread(self.cluster.start, 120)
+        await asyncio.to_thread(self.postgres.start)
+
+    async def stop(self) -> None:
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.stop)
+        await asyncio.to_thread(self.postgres.stop)
+
+    async def heal(self) -> None:
+        """Everything running and unpaused again (a no-op for what is already up)."""
+        for pid in self.postgres_pids():
+            _signal(pid, signal.SIGCONT)
+        await self.start()
+        if self.cluster is not None:
+            for node_id, node in enumerate(self.cluster.nodes, 1):
+                if not node.is_running():
+                    await asyncio.to_thread(self.cluster.restart, node_id)
+
+    async def new_database(self, name: str) -> str:
+        """Create database ``name`` with eventq's tables and ``side_effects``; its URL."""
+        from eventq.consumers.store import migrate
+
+        admin = await asyncpg.connect(self.postgres.dsn)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        url = self.postgres.dsn.rsplit("/", 1)[0] + "/" + name
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+            await conn.execute(
+                "CREATE TABLE side_effects (serial bigserial PRIMARY KEY, event_id uuid NOT NULL, "
+                "attempt integer NOT NULL, pid integer NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            )
+        finally:
+            await conn.close()
+        return url
+
+    def postgres_pids(self) -> list[int]:
+        """The postmaster and every backend of the cluster (all must stop for a real pause)."""
+        main = self.postgres.pid()
+        if main is None:
+            return []
+        return [main, *_children(main)]
+
+    async def crash_postgres(self) -> None:
+        """``pg_ctl stop -m immediate``: PostgreSQL dies without a checkpoint (crash recovery on start)."""
+        from eventq.devstack.postgres import find_pg_bindir
+
+        command = [str(find_pg_bindir() / "pg_ctl"), "-D", str(self.postgres.data_dir), "-m", "immediate", "stop"]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        await asyncio.to_thread(subprocess.run, command, capture_output=True, check=True, timeout=60)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # Field 4 (after the parenthesised name) is the parent pid.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@dataclass
+class Death:
+    """A worker process that ended other than by a clean stop."""
+
+    pid: int
+    how: str  # kill-9, crash:POINT, exit:N
+    at: float  # unix time
+
+
+@dataclass
+class Workers:
+    """A supervised pool of consumer daemon processes, restarted when they die (like systemd's
+    Restart=always), with the disruptions the harness caused recorded for the checks."""
+
+    env: dict[str, str]
+    logs: Path
+    size: int = 3
+    crash_plan: list[str] = field(default_factory=list)  # FAULT_CRASH specs for the next starts
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    deaths: list[Death] = field(default_factory=list)
+    paused: dict[int, tuple[float, float | None]] = field(default_factory=dict)  # pid -> (from, until)
+    crash_specs: dict[int, str] = field(default_factory=dict)  # pid -> its FAULT_CRASH
+    started: int = 0
+    _supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def crash_log(self) -> Path:
+        return self.logs / "crashes.log"
+
+    def spawn(self) -> int:
+        env = {**os.environ, **self.env, "FAULT_CRASH_LOG": str(self.crash_log)}
+        env.pop("FAULT_CRASH", None)
+        spec = self.crash_plan.pop(0) if self.crash_plan else None
+        if spec is not None:
+            env["FAULT_CRASH"] = spec
+        self.started += 1
+        out = open(self.logs / f"worker-{self.started}.log", "wb")  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.worker"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        out.close()
+        self.procs[proc.pid] = proc
+        if spec is not None:
+            self.crash_specs[proc.pid] = spec
+        return proc.pid
+
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for _ in range(self.size - len(self.procs)):
+            self.spawn()
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.reap()
+            while len(self.procs) < self.size:
+                self.spawn()
+
+    def reap(self) -> None:
+        """Record and forget workers that exited."""
+        crashes = _read_crashes(self.crash_log)
+        for pid, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del self.procs[pid]
+            if pid in crashes:
+                point, at = crashes[pid]
+                self.deaths.append(Death(pid, f"crash:{point}", at))
+            elif not any(d.pid == pid for d in self.deaths):
+                self.deaths.append(Death(pid, f"exit:{code}", time.time()))
+
+    def kill9(self, pid: int) -> None:
+        self.deaths.append(Death(pid, "kill-9", time.time()))
+        _signal(pid, signal.SIGKILL)
+        self.procs[pid].wait()
+
+    def pause(self, pid: int) -> None:
+        self.paused[pid] = (time.time(), None)
+        _signal(pid, signal.SIGSTOP)
+
+    def resume(self, pid: int) -> None:
+        _signal(pid, signal.SIGCONT)
+        since, _ = self.paused[pid]
+        self.paused[pid] = (since, time.time())
+
+    async def stop_one(self, pid: int, timeout: float = 40) -> None:
+        """Graceful stop (SIGTERM), as an orchestrator scaling down would do."""
+        proc = self.procs.pop(pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, timeout)
+        except subprocess.TimeoutExpired:
+            self.deaths.append(Death(pid, "kill-9 (stop timed out)", time.time()))
+            proc.kill()
+            proc.wait()
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            self._supervisor = None
+        for pid in list(self.procs):
+            _signal(pid, signal.SIGCONT)
+        self.reap()
+        await asyncio.gather(*(self.stop_one(pid) for pid in list(self.procs)))
+
+
+def _read_crashes(path: Path) -> dict[int, tuple[str, float]]:
+    crashes: dict[int, tuple[str, float]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            pid, point, at = line.split()
+            crashes[int(pid)] = (point, float(at))
+    return crashes
