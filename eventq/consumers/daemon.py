@@ -468,10 +468,19 @@ class Consumer:
         try:
             result = await self._processor.run(items, await asyncio.shield(seen), self._interrupts[tp])
             await self.hooks.after_handlers(tp.topic, tp.partition, result)
+            assert self._recorder is not None
             if result.letters or result.handoffs:
+                # Handled events are recorded before the dead letters are sent, so a
+                # dead-letter topic that is down stalls only the commit: if the partition
+                # moves on meanwhile, the new owner skips them instead of running them again.
+                # A dead-lettered event's row waits for its letter's acknowledgement.
+                lettered = [row for row in result.rows if row.outcome == "dead_lettered"]
+                if len(lettered) < len(result.rows):
+                    await self._recorder.record([row for row in result.rows if row.outcome != "dead_lettered"])
                 await self._send_dead_letters(result)
-            if result.rows:
-                assert self._recorder is not None
+                if lettered:
+                    await self._recorder.record(lettered)
+            elif result.rows:
                 await self._recorder.record(result.rows)
             await self.hooks.after_record(tp.topic, tp.partition, result)
             if result.next_offset > items[0].record.offset:

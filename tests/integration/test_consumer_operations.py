@@ -19,6 +19,7 @@ from eventq.consumers import App, Consumer, Context
 from eventq.devstack.kafka import KafkaBroker
 from eventq.kafka import create_topics
 from eventq.schemas import Event
+from eventq.schemas.envelope import encode
 from tests.conftest import Reader, TopicFactory
 from tests.integration.consumer_kit import committed, consumer_settings, order, publish, rows, run_until_idle
 from tests.integration.tcp_proxy import proxy_database
@@ -75,16 +76,19 @@ async def test_retry_topics_let_later_events_pass_and_dead_letter_as_the_source_
 async def test_a_failing_dead_letter_publish_holds_the_commit_until_it_succeeds(
     kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory, read_topic: Reader
 ) -> None:
-    """While the dead-letter topic is missing the offset stays before the poison record; once it exists all goes on."""
+    """While the dead-letter topic is missing the offset stays before the poison record, but the handled events
+    of its slice are recorded at once (a new owner would skip them); once the topic exists all goes on."""
     from aiokafka import AIOKafkaProducer
 
     topic = await new_topic(partitions=1)
     app = App("t", topics=[topic])
-    handled: list[str] = []
+    first = order(0, key="k")
+    gate = asyncio.Event()
 
     @app.handler(ORDER)
     async def handle(event: Event, ctx: Context) -> None:
-        handled.append(event.id)
+        if event.id == first.id:
+            await gate.wait()  # holds the partition, so what follows arrives as one slice
 
     settings = consumer_settings(kafka_settings, database, topic, dead_letter_timeout_s=1.0)
     daemon = Consumer(app, settings)
@@ -92,18 +96,24 @@ async def test_a_failing_dead_letter_publish_holds_the_commit_until_it_succeeds(
     await wait_for(lambda: _exists(kafka_settings, f"{topic}.dlt"))
     admin = AIOKafkaAdminClient(**kafka_settings.client_kwargs())
     await admin.start()
+    await publish(kafka_settings, topic, [first])
     await admin.delete_topics([f"{topic}.dlt"])
     await wait_for(lambda: _gone(kafka_settings, f"{topic}.dlt"))
-    await publish(kafka_settings, topic, [order(0, key="k")])
-    raw = AIOKafkaProducer(**kafka_settings.client_kwargs())
-    await raw.start()
-    await raw.send_and_wait(topic, b"poison", key=b"k")
-    await raw.stop()
     after = [order(n, key="k") for n in range(1, 4)]
+    # The poison record and the events after it in one record batch, so they are fetched as one slice.
+    raw = AIOKafkaProducer(**kafka_settings.client_kwargs(), linger_ms=500)
+    await raw.start()
+    sent = [await raw.send(topic, b"poison", key=b"k")]
+    for event in after:
+        encoded = encode(event)
+        sent.append(await raw.send(topic, encoded.value, key=encoded.key, headers=encoded.headers))
+    await asyncio.gather(*sent)
+    await raw.stop()
     with capture_logs() as logs:
-        await publish(kafka_settings, topic, after)
+        gate.set()
         await asyncio.sleep(5)
         held = await committed(kafka_settings, settings.group_id or "", topic)
+        recorded_while_held = {row["event_id"] for row in await rows(database, settings.group_id or "")}
         await create_topics(kafka_settings, [f"{topic}.dlt"], partitions=1)
         await wait_for(lambda: _committed_is(kafka_settings, settings.group_id or "", topic, {0: 5}), timeout=60)
     daemon.stop()
@@ -111,6 +121,7 @@ async def test_a_failing_dead_letter_publish_holds_the_commit_until_it_succeeds(
     await admin.close()
 
     assert held.get(0, 0) <= 1  # never past the poison record at offset 1
+    assert recorded_while_held == {first.id, *(e.id for e in after)}
     [letter] = await read_topic(f"{topic}.dlt", 1)
     assert letter.value == b"poison"
     events = [entry["event"] for entry in logs]
