@@ -78,7 +78,7 @@ def worker_env(services: Services, *, topic: str, group: str, database: str, fix
         "EVENTQ_MAX_POLL_INTERVAL_S": "10",
         "EVENTQ_BACKOFF_INITIAL_S": "0.2",
         "EVENTQ_BACKOFF_MAX_S": "2",
-        "EVENTQ_SHUTDOWN_GRACE_S": "10",
+        "EVENTQ_SHUTDOWN_GRACE_S": "5",
         "EVENTQ_DEAD_LETTER_TIMEOUT_S": "5",
         "EVENTQ_SCHEMAS": SCHEMAS,
         "FAULT_FIX_FILE": str(fix_file),

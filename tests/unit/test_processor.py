@@ -147,7 +147,7 @@ def rows(result: SliceResult) -> list[tuple[str, int, str]]:
 
 
 async def test_handler_failing_while_the_database_is_down_uses_up_no_attempt() -> None:
-    """A handler's connection error while eventq's database does not answer is an outage: the attempt is run again, not counted."""
+    """A connection error while eventq's database does not answer either is an outage: the attempt reruns, uncounted."""
     app = App("billing")
     pool = ProbedPool(answers=False)
     attempts: list[int] = []
