@@ -199,6 +199,10 @@ class Consumer:
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=max(100, int(s.session_timeout_s * 1000 / 3)),
             max_poll_interval_ms=int(s.max_poll_interval_s * 1000),
+            # How long the group waits for members to rejoin a rebalance (the Java client's
+            # choice; aiokafka's default is the session timeout). A revocation finishes
+            # in-flight work inside it (shutdown_grace_s, then a commit).
+            rebalance_timeout_ms=int(s.max_poll_interval_s * 1000),
             # Records of aborted transactions (an interrupted `eventq dlq replay`) are never seen.
             isolation_level="read_committed",
             fetch_max_wait_ms=min(500, int(s.max_batch_timeout_s * 1000)),

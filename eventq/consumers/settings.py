@@ -78,12 +78,14 @@ class ConsumerSettings:
             (self.session_timeout_s >= 1, "session_timeout_s must be at least 1 (EVENTQ_SESSION_TIMEOUT_S)"),
             (self.max_poll_interval_s >= self.session_timeout_s,
              "max_poll_interval_s must be at least session_timeout_s"),
-            # A revocation waits up to shutdown_grace_s for in-flight work inside the
-            # rebalance, which the group gives max_poll_interval_s: a longer wait gets the
-            # daemon thrown out of the group, and the next rebalance starts over.
-            (self.shutdown_grace_s < self.max_poll_interval_s,
-             f"shutdown_grace_s ({self.shutdown_grace_s:g}) must be less than max_poll_interval_s "
-             f"({self.max_poll_interval_s:g}) (EVENTQ_SHUTDOWN_GRACE_S, EVENTQ_MAX_POLL_INTERVAL_S)"),
+            # A revocation waits up to shutdown_grace_s for in-flight work, then up to
+            # session_timeout_s for its commit, inside the rebalance, which the group gives
+            # max_poll_interval_s: a longer wait gets the daemon thrown out of the group,
+            # and the next rebalance starts over.
+            (self.shutdown_grace_s + self.session_timeout_s < self.max_poll_interval_s,
+             f"shutdown_grace_s + session_timeout_s ({self.shutdown_grace_s:g} + {self.session_timeout_s:g}) must "
+             f"be less than max_poll_interval_s ({self.max_poll_interval_s:g}) (EVENTQ_SHUTDOWN_GRACE_S, "
+             "EVENTQ_SESSION_TIMEOUT_S, EVENTQ_MAX_POLL_INTERVAL_S)"),
             (self.health_port is None or 0 <= self.health_port <= 65535, "health_port must be 0-65535"),
             (self.pool_size >= 2, "pool_size must be at least 2 (EVENTQ_DB_POOL_SIZE)"),
         )

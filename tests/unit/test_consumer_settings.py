@@ -23,7 +23,10 @@ from eventq.errors import ConfigError
         ({"health_port": 70000}, "health_port must be 0-65535"),
         ({"dead_letter_suffix": ""}, "dead_letter_suffix must not be empty"),
         ({"pool_size": 1}, "pool_size must be at least 2 (EVENTQ_DB_POOL_SIZE)"),
-        ({"shutdown_grace_s": 60, "max_poll_interval_s": 60}, "shutdown_grace_s (60) must be less than max_poll_interval_s"),
+        (
+            {"shutdown_grace_s": 50, "session_timeout_s": 10, "max_poll_interval_s": 60},
+            "shutdown_grace_s + session_timeout_s (50 + 10) must be less than max_poll_interval_s (60)",
+        ),
     ],
 )
 def test_invalid_value_names_the_field(fields: dict[str, object], message: str) -> None:
