@@ -340,12 +340,24 @@ class Processor:
             return True
 
     async def _database_answers(self) -> bool:
-        """True if eventq's database answers ``SELECT 1`` within two seconds."""
+        """True unless eventq's database fails or does not answer ``SELECT 1`` within two seconds.
+
+        A pool with no free connection for two seconds counts as answering: it is busy,
+        and the handler's error is then the handler's own.
+        """
         try:
-            async with asyncio.timeout(_PROBE_TIMEOUT_S):
-                await self.pool.fetchval("SELECT 1")
-        except Exception:  # noqa: BLE001 - any failure means "does not answer"
+            conn = await self.pool.acquire(timeout=_PROBE_TIMEOUT_S)
+        except TimeoutError:
+            return True
+        except Exception:  # noqa: BLE001 - cannot connect: does not answer
             return False
+        try:
+            await conn.fetchval("SELECT 1", timeout=_PROBE_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - any failure means "does not answer"
+            conn.terminate()  # a stalled server would make a clean release wait too
+            return False
+        finally:
+            await self.pool.release(conn)
         return True
 
     def _hand_off(

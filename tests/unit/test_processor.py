@@ -52,13 +52,17 @@ class ProbedPool:
 
     def __init__(self, answers: bool = True) -> None:
         self.answers = answers
-        self.probes = 0
 
-    async def fetchval(self, query: str) -> int:
-        self.probes += 1
+    async def acquire(self, timeout: float) -> ProbedPool:
         if not self.answers:
             raise ConnectionRefusedError("database down")
+        return self
+
+    async def fetchval(self, query: str, timeout: float) -> int:
         return 1
+
+    async def release(self, conn: ProbedPool) -> None:
+        pass
 
 
 def processor(app: App, pool: ProbedPool | None = None, **settings: Any) -> Processor:
