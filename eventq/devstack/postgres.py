@@ -161,6 +161,18 @@ class PostgresCluster:
             what="stopping PostgreSQL", as_owner=True, timeout=timeout + 10,
         )  # fmt: skip
 
+    def crash(self, timeout: float = 30) -> None:
+        """Stop the cluster as a crash would (``pg_ctl stop -m immediate``: no checkpoint, so the
+        next start runs crash recovery); a no-op if it is not running. For fault tests."""
+        if not self.is_running():
+            return
+        bindir = self._bindir or find_pg_bindir()
+        self._run(
+            [str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "-w",
+             "-t", str(int(timeout)), "stop"],
+            what="crashing PostgreSQL", as_owner=True, timeout=timeout + 10,
+        )  # fmt: skip
+
     def _prepare_home(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,6 +35,7 @@ async def services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Se
         yield stack
     finally:
         await stack.stop()
+        shutil.rmtree(stack.postgres.home, ignore_errors=True)  # may be under /tmp, outside tmp_path
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -23,6 +23,7 @@ class Disruptions:
 
     actions: list[str] = field(default_factory=list)
     db_outages: list[tuple[float, float]] = field(default_factory=list)
+    not_applied: list[str] = field(default_factory=list)  # why the fault did not happen as planned
 
     def note(self, text: str) -> None:
         self.actions.append(f"{time.strftime('%H:%M:%S')} {text}")
@@ -95,14 +96,14 @@ async def kill_consumers(scene: Scene) -> None:
 
 
 async def zombie(scene: Scene) -> None:
-    """F2: SIGSTOP a worker past its session timeout and poll interval, then SIGCONT it."""
+    """F2: SIGSTOP a worker past its session timeout and poll interval (17–20 s), then SIGCONT it."""
     end = scene.until()
     while time.monotonic() < end - 5:
         await asyncio.sleep(scene.rng.uniform(1.0, 3.0))
         pid = scene.pick_worker()
         if pid is None:
             continue
-        pause = scene.rng.uniform(13.0, 16.0)  # session 6 s, max poll interval 10 s
+        pause = scene.rng.uniform(17.0, 20.0)  # session 6 s, max poll interval 15 s
         scene.workers.pause(pid)
         scene.done.note(f"SIGSTOP worker {pid} for {pause:.1f} s")
         await asyncio.sleep(pause)
@@ -184,13 +185,10 @@ async def break_postgres(scene: Scene) -> None:
             await asyncio.to_thread(services.postgres.start)
             scene.done.note("PostgreSQL restarted")
         else:
-            pids = services.postgres_pids()
-            for pid in pids:
-                _kill(pid, "STOP")
+            pids = services.pause_postgres()
             scene.done.note(f"PostgreSQL paused (SIGSTOP {len(pids)} processes) for {down:.1f} s")
             await asyncio.sleep(down)
-            for pid in pids:
-                _kill(pid, "CONT")
+            services.resume_postgres(pids)
             scene.done.note("PostgreSQL resumed")
         scene.done.db_outages.append((started, time.time()))
         crash = not crash
@@ -200,7 +198,8 @@ async def delete_dead_letter_topic(scene: Scene) -> None:
     """F7, before publishing: delete the dead-letter topic the daemons created (auto-create is off).
 
     Deleting it before anything is dead-lettered keeps the letters: deleting a topic
-    that holds some would destroy them, which is the operator's loss, not eventq's.
+    that holds some would destroy them, which is the operator's loss, not eventq's. The
+    harness calls this once every daemon has started, so none creates it again.
     """
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -216,23 +215,14 @@ async def delete_dead_letter_topic(scene: Scene) -> None:
 async def recreate_dead_letter_topic(scene: Scene) -> None:
     """F7: after the window (dead-letter publishes failing all along), create the topic again."""
     await asyncio.sleep(scene.window_s)
-    await create_topics(
+    created = await create_topics(
         scene.services.kafka, [scene.dead_letter_topic], partitions=6, replication_factor=scene.services.replication
     )
-    scene.done.note(f"recreated {scene.dead_letter_topic}")
+    if created:
+        scene.done.note(f"recreated {scene.dead_letter_topic}")
+    else:
+        scene.done.not_applied.append(f"{scene.dead_letter_topic} existed again before the window ended")
 
-
-def _kill(pid: int, sig: str) -> None:
-    import os
-    import signal
-
-    try:
-        os.kill(pid, getattr(signal, f"SIG{sig}"))
-    except ProcessLookupError:
-        pass
-
-
-CRASH_POINTS = ("after_handlers", "after_record", "before_commit")
 
 FAULTS: dict[str, Fault] = {
     f.name: f

@@ -25,7 +25,7 @@ from tests.conftest import end_offsets
 from tests.faults import checks
 from tests.faults.faults import Disruptions, Fault, Scene
 from tests.faults.stack import REPO, Services, Workers
-from tests.faults.workload import EVENT_TYPE, SCHEMAS, Workload, build, publish
+from tests.faults.workload import EVENT_TYPE, SCHEMAS, PublishLog, Workload, build, publish
 from tests.integration.consumer_kit import committed
 
 LAG_BOUND_S = 120.0
@@ -75,7 +75,7 @@ def worker_env(services: Services, *, topic: str, group: str, database: str, fix
         "EVENTQ_GROUP": group,
         "EVENTQ_TOPICS": topic,
         "EVENTQ_SESSION_TIMEOUT_S": "6",
-        "EVENTQ_MAX_POLL_INTERVAL_S": "10",
+        "EVENTQ_MAX_POLL_INTERVAL_S": "15",
         "EVENTQ_BACKOFF_INITIAL_S": "0.2",
         "EVENTQ_BACKOFF_MAX_S": "2",
         "EVENTQ_SHUTDOWN_GRACE_S": "5",
@@ -137,7 +137,12 @@ async def replay(
                 killed = True
                 break
             await asyncio.sleep(0.1)
-    out, _ = await proc.communicate()
+    try:
+        async with asyncio.timeout(180):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        raise TimeoutError("eventq dlq replay did not finish within 180 s") from None
     text = out.decode(errors="replace").strip().splitlines()
     if killed:
         return f"killed -9 mid-run (exit {proc.returncode})"
@@ -164,7 +169,12 @@ async def wait_for_topic(services: Services, topic: str, timeout: float = 60) ->
 async def run_fault(
     fault: Fault, services: Services, *, seed: int, events: int, home: Path, publish_s: float = 12.0
 ) -> Result:
-    """Run one fault end to end and return the checked result (it never raises on a failed check)."""
+    """Run one fault end to end and return the checked result.
+
+    It never raises for the run itself: a failed check, a bound exceeded or a harness
+    error all come back as failed verdicts carrying the seed. Whatever happens, the
+    services are healed and the workers stopped before it returns.
+    """
     started = time.monotonic()
     rng = random.Random(f"{fault.name}:{seed}")
     workload: Workload = build(seed, events)
@@ -173,92 +183,157 @@ async def run_fault(
     run_home = home / f"{fault.name}-{suffix}"
     run_home.mkdir(parents=True)
     fix_file = run_home / "fix-deployed"
-    config = {"min.insync.replicas": "2"} if services.replication >= 3 else None
-    await create_topics(services.kafka, [topic], partitions=6, replication_factor=services.replication, config=config)
-    database = await services.new_database(f"faults_{fault.name.lower()}_{suffix}")
     workers = Workers(
-        env={**worker_env(services, topic=topic, group=group, database=database, fix_file=fix_file),
+        env={**worker_env(services, topic=topic, group=group, database="", fix_file=fix_file),
              **dict(fault.worker_env)},
         logs=run_home / "logs",
         crash_plan=list(fault.crash_plan),
     )  # fmt: skip
     result = Result(fault, seed, events, logs=workers.logs)
     done = Disruptions()
-    workers.start()
+    run = _Run(fault, services, workload, topic, group, fix_file, workers, result, done)
     try:
-        await wait_for_topic(services, f"{topic}.dlt")  # the daemons create it at start-up
-        shapes = await topic_shapes(services.kafka, [f"{topic}.dlt"])
-        result.facts.append(f"dead-letter topic created by the daemons: {shapes[f'{topic}.dlt'][0]} partitions, "
-                            f"replication factor {shapes[f'{topic}.dlt'][1]}")  # fmt: skip
+        config = {"min.insync.replicas": "2"} if services.replication >= 3 else None
+        await create_topics(
+            services.kafka, [topic], partitions=6, replication_factor=services.replication, config=config
+        )
+        run.database = await services.new_database(f"faults_{fault.name.lower()}_{suffix}")
+        workers.env["EVENTQ_DATABASE_URL"] = run.database
+        await run.phases(rng, publish_s)
+    except Exception as exc:  # noqa: BLE001 - a harness error or a bound exceeded fails the run, with its seed
+        result.verdicts["run"] = checks.Verdict(False, f"{type(exc).__name__}: {exc}")
+    finally:
+        if run.published is not None and not run.published.done():
+            run.published.cancel()
+        try:
+            await services.heal()
+        except Exception as exc:  # noqa: BLE001
+            result.verdicts["heal"] = checks.Verdict(False, f"services could not be healed: {exc}")
+        await workers.stop()
+        unexpected = [f"{d.how} (pid {d.pid})" for d in workers.deaths if d.how.startswith("exit") or "timed" in d.how]
+        result.verdicts["daemons"] = checks.Verdict(
+            not unexpected, ", ".join(unexpected) or "no daemon exited or hung unless the fault made it"
+        )
+        result.actions = done.actions
+        result.deaths = dict(Counter(d.how for d in workers.deaths))
+        result.workers_started = workers.started
+        result.seconds = time.monotonic() - started
+    return result
+
+
+@dataclass
+class _Run:
+    """The state of one fault run while its phases go on."""
+
+    fault: Fault
+    services: Services
+    workload: Workload
+    topic: str
+    group: str
+    fix_file: Path
+    workers: Workers
+    result: Result
+    done: Disruptions
+    database: str = ""
+    published: asyncio.Task[PublishLog] | None = None
+
+    async def phases(self, rng: random.Random, publish_s: float) -> None:
+        services, workers, result, done, topic = self.services, self.workers, self.result, self.done, self.topic
+        workers.start()
+        await workers.wait_started(workers.size)  # they created the dead-letter topic by now
+        dlt = f"{topic}.dlt"
+        partitions, replication = (await topic_shapes(services.kafka, [dlt]))[dlt]
+        result.facts.append(f"dead-letter topic created by the daemons: {partitions} partitions, "
+                            f"replication factor {replication}")  # fmt: skip
         scene = Scene(services, workers, topic, rng, window_s=publish_s + 4.0, done=done)
-        if fault.prepare is not None:
-            await fault.prepare(scene)
-        published = asyncio.create_task(publish(services.kafka, topic, workload, rate=events / publish_s))
-        await fault.inject(scene)
+        if self.fault.prepare is not None:
+            await self.fault.prepare(scene)
+        self.published = asyncio.create_task(
+            publish(services.kafka, topic, self.workload, rate=len(self.workload.events) / publish_s)
+        )
+        await self.fault.inject(scene)
+        injected = len(done.actions)
         await services.heal()
         workers.size = 3
         for pid, (_, until) in list(workers.paused.items()):
             if until is None:
                 workers.resume(pid)
         healed = time.monotonic()
-        log = await published
+        log = await self.published
         result.resent = log.resent
-        await wait_drained(services, group, topic, timeout=LAG_BOUND_S + 180)
+        await wait_drained(services, self.group, topic, timeout=LAG_BOUND_S)
         result.drain_s = time.monotonic() - healed
         workers.reap()
+        await self.check_after_drain(log, dlt, injected)
+        await self.check_replay(dlt)
 
-        snap = await checks.Snapshot.take(database, group)
-        letters = await checks.read_letters(services.kafka, f"{topic}.dlt")
-        source = await checks.read_source(services.kafka, topic)
-        v = result.verdicts
-        v["P1 no loss"] = checks.no_loss(workload, log.acked, snap, letters)
-        v["P2 one record"] = checks.one_record(workload, snap)
-        v["P3 side effects"], result.explained_duplicates = checks.side_effects(
-            snap, workers.deaths, workers.paused, done.db_outages
+    def applied(self, injected: int, replay_kill: tuple[bool, int] | None = None) -> checks.Verdict:
+        """Did the fault happen as planned? A fault that silently did nothing proves nothing."""
+        fault, done, poison = self.fault, self.done, len(self.workload.poison)
+        if done.not_applied:
+            return checks.Verdict(False, "; ".join(done.not_applied))
+        if replay_kill is not None:
+            killed, handled = replay_kill
+            figure = f"replay killed -9 with {handled}/{poison} poison events handled again; rerun resumed"
+            return checks.Verdict(killed and 0 < handled < poison, figure if killed else "replay ended before the kill")
+        if fault.crash_plan:
+            planned = {spec.split(":")[0] for spec in fault.crash_plan}
+            fired = {d.how.removeprefix("crash:") for d in self.workers.deaths if d.how.startswith("crash:")}
+            kills = sum(d.how == "kill-9" for d in self.workers.deaths)
+            missing = sorted(planned - fired)
+            figure = f"crash points hit: {', '.join(sorted(fired)) or 'none'}; kill -9: {kills}"
+            return checks.Verdict(not missing and kills > 0, figure + (f"; never hit: {missing}" if missing else ""))
+        if fault.name == "baseline" or fault.kill_replay:
+            return checks.Verdict(True, "nothing injected" if fault.name == "baseline" else "see the replay")
+        return checks.Verdict(injected > 0, f"{injected} actions")
+
+    async def check_after_drain(self, log: PublishLog, dlt: str, injected: int) -> None:
+        """P0 (applied), P1–P5 and the first part of P6, on what the drained run left."""
+        w, v, kafka = self.workload, self.result.verdicts, self.services.kafka
+        snap = await checks.Snapshot.take(self.database, self.group)
+        letters = await checks.read_letters(kafka, dlt)
+        source = await checks.read_source(kafka, self.topic)
+        if not self.fault.kill_replay:
+            v["applied"] = self.applied(injected)
+        v["P1 no loss"] = checks.no_loss(w, log.acked, snap, letters)
+        v["P2 one record"] = checks.one_record(w, snap)
+        v["P3 side effects"], self.result.explained_duplicates = checks.side_effects(
+            snap, self.workers.deaths, self.workers.paused, self.done.db_outages
         )
-        v["P4 lag 0"] = checks.Verdict(
-            result.drain_s <= LAG_BOUND_S, f"{result.drain_s:.1f} s after healing (bound {LAG_BOUND_S:.0f} s)"
-        )
-        if fault.consumer_disrupted or log.resent:
-            why = "consumers crashed" if fault.consumer_disrupted else f"publisher re-sent {log.resent}"
+        drain = self.result.drain_s
+        v["P4 lag 0"] = checks.Verdict(drain <= LAG_BOUND_S, f"{drain:.1f} s after healing (bound {LAG_BOUND_S:.0f} s)")
+        if self.fault.consumer_disrupted or log.resent:
+            why = "consumers crashed" if self.fault.consumer_disrupted else f"publisher re-sent {log.resent}"
             v["P5 key order"] = checks.Verdict(True, f"n/a ({why})")
         else:
-            v["P5 key order"] = checks.key_order(workload, snap)
-        v["P6 dead-lettered"] = checks.poison_dead_lettered(workload, letters, source)
-        healthy_lettered = sum(
-            1 for i, (o, _) in snap.rows.items() if o == "dead_lettered" and i not in workload.poison
-        )
-        result.facts.append(
-            f"healthy events dead-lettered: {healthy_lettered}; dead letters {len(letters)} "
-            f"for {len(workload.poison)} poison events and {len(workload.malformed)} malformed records"
+            v["P5 key order"] = checks.key_order(w, snap)
+        v["P6 dead-lettered"] = checks.poison_dead_lettered(w, letters, source)
+        self.result.facts.append(
+            f"dead letters {len(letters)} for {len(w.poison)} poison events and {len(w.malformed)} malformed records"
         )
 
-        # The fix is deployed; replay the dead letters (F8: kill the first replay mid-run, rerun it).
-        fix_file.touch()
-        dlt = f"{topic}.dlt"
-        if fault.kill_replay:
-            # Kill the replay once it has republished some poison events but not all.
+    async def check_replay(self, dlt: str) -> None:
+        """The rest of P6: deploy the fix, replay (F8: kill the first replay mid-run, rerun), replay again."""
+        v, w, done, database, group = self.result.verdicts, self.workload, self.done, self.database, self.group
+        self.fix_file.touch()
+        if self.fault.kill_replay:
+            seen: list[int] = []
+
             async def some_replayed() -> bool:
-                return 0 < await _handled(database, group, workload.poison) < len(workload.poison)
+                seen.append(await _handled(database, group, w.poison))
+                return 0 < seen[-1] < len(w.poison)
 
-            done.note(f"replay r1: {await replay(services, dlt, 'r1', kill_when=some_replayed, rate='1/s')}")
-            result.facts.append(f"replay killed with {await _handled(database, group, workload.poison)}"
-                                f"/{len(workload.poison)} poison events handled; rerun resumed")  # fmt: skip
-        done.note(f"replay r1: {await replay(services, dlt, 'r1')}")
-        await _until_replayed(database, group, workload)
-        await wait_drained(services, group, topic, timeout=120, tolerance=1)
+            outcome = await replay(self.services, dlt, "r1", kill_when=some_replayed, rate="1/s")
+            done.note(f"replay r1: {outcome}")
+            v["applied"] = self.applied(0, (outcome.startswith("killed"), seen[-1] if seen else 0))
+        done.note(f"replay r1: {await replay(self.services, dlt, 'r1')}")
+        await _until_replayed(database, group, w)
+        await wait_drained(self.services, group, self.topic, timeout=120, tolerance=1)
         after_replay = await checks.Snapshot.take(database, group)
-        v["P6 replayed once"] = checks.replayed_once(workload, after_replay)
-        done.note(f"second replay r2: {await replay(services, dlt, 'r2')}")
-        await wait_drained(services, group, topic, timeout=120, tolerance=1)
+        v["P6 replayed once"] = checks.replayed_once(w, after_replay)
+        done.note(f"second replay r2: {await replay(self.services, dlt, 'r2')}")
+        await wait_drained(self.services, group, self.topic, timeout=120, tolerance=1)
         v["P6 2nd replay no-op"] = checks.unchanged(after_replay, await checks.Snapshot.take(database, group))
-    finally:
-        await workers.stop()
-        result.actions = done.actions
-        result.deaths = dict(Counter(d.how for d in workers.deaths))
-        result.workers_started = workers.started
-        result.seconds = time.monotonic() - started
-    return result
 
 
 async def _handled(database: str, group: str, ids: frozenset[str]) -> int:

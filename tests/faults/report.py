@@ -9,21 +9,23 @@ from pathlib import Path
 
 from tests.faults.harness import Result
 
-PROPERTIES = ("P1 no loss", "P2 one record", "P3 side effects", "P4 lag 0", "P5 key order", "P6 dead-lettered",
-              "P6 replayed once", "P6 2nd replay no-op")  # fmt: skip
+PROPERTIES = ("applied", "daemons", "P1 no loss", "P2 one record", "P3 side effects", "P4 lag 0", "P5 key order",
+              "P6 dead-lettered", "P6 replayed once", "P6 2nd replay no-op", "run", "heal")  # fmt: skip
+"""Every verdict a run can have, in table order; "run" and "heal" appear only when they failed."""
 
 
 def render(results: Sequence[Result], *, command: str) -> str:
     """Markdown: a summary table (pass/fail per property), then each fault's figures and actions."""
+    shown = [p for p in PROPERTIES if p not in ("run", "heal") or any(p in r.verdicts for r in results)]
     lines = [
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
         f"({platform.machine()}, Python {platform.python_version()}): `{command}`",
         "",
-        "| fault | events | seed | " + " | ".join(p.split(" ", 1)[0] for p in PROPERTIES) + " | drain s | run s |",
-        "|---|---:|---:|" + "---|" * len(PROPERTIES) + "---:|---:|",
+        "| fault | events | seed | " + " | ".join(p.split(" ", 1)[0] for p in shown) + " | drain s | run s |",
+        "|---|---:|---:|" + "---|" * len(shown) + "---:|---:|",
     ]
     for r in results:
-        marks = " | ".join(("pass" if r.verdicts[p].ok else "**FAIL**") if p in r.verdicts else "-" for p in PROPERTIES)
+        marks = " | ".join(("pass" if r.verdicts[p].ok else "**FAIL**") if p in r.verdicts else "-" for p in shown)
         lines.append(
             f"| {r.fault.name} {r.fault.title} | {r.events} | {r.seed} | {marks} | {r.drain_s:.1f} | {r.seconds:.0f} |"
         )

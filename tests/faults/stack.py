@@ -75,8 +75,9 @@ class Services:
 
     async def heal(self) -> None:
         """Everything running and unpaused again (a no-op for what is already up)."""
-        for pid in self.postgres_pids():
-            _signal(pid, signal.SIGCONT)
+        main = self.postgres.pid()
+        if main is not None:
+            self.resume_postgres([main, *_children(main)])
         await self.start()
         if self.cluster is not None:
             for node_id, node in enumerate(self.cluster.nodes, 1):
@@ -104,21 +105,31 @@ class Services:
             await conn.close()
         return url
 
-    def postgres_pids(self) -> list[int]:
-        """The postmaster and every backend of the cluster (all must stop for a real pause)."""
+    async def crash_postgres(self) -> None:
+        """``pg_ctl stop -m immediate``: PostgreSQL dies without a checkpoint (crash recovery on start)."""
+        await asyncio.to_thread(self.postgres.crash)
+
+    def pause_postgres(self) -> list[int]:
+        """SIGSTOP the postmaster, then every backend, until no new one appears; the pids stopped.
+
+        The postmaster goes first so that it forks no backend that would escape the pause.
+        """
         main = self.postgres.pid()
         if main is None:
             return []
-        return [main, *_children(main)]
+        _signal(main, signal.SIGSTOP)
+        stopped = [main]
+        while True:
+            new = [pid for pid in _children(main) if pid not in stopped]
+            if not new:
+                return stopped
+            for pid in new:
+                _signal(pid, signal.SIGSTOP)
+            stopped += new
 
-    async def crash_postgres(self) -> None:
-        """``pg_ctl stop -m immediate``: PostgreSQL dies without a checkpoint (crash recovery on start)."""
-        from eventq.devstack.postgres import find_pg_bindir
-
-        command = [str(find_pg_bindir() / "pg_ctl"), "-D", str(self.postgres.data_dir), "-m", "immediate", "stop"]
-        if os.geteuid() == 0:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        await asyncio.to_thread(subprocess.run, command, capture_output=True, check=True, timeout=60)
+    def resume_postgres(self, pids: list[int]) -> None:
+        for pid in pids:
+            _signal(pid, signal.SIGCONT)
 
 
 def _children(pid: int) -> list[int]:
@@ -208,12 +219,10 @@ class Workers:
 
     def reap(self) -> None:
         """Record and forget workers that exited."""
-        crashes = _read_crashes(self.crash_log)
-        for pid, proc in list(self.procs.items()):
-            code = proc.poll()
-            if code is None:
-                continue
-            del self.procs[pid]
+        exited = [pid for pid, proc in self.procs.items() if proc.poll() is not None]
+        crashes = _read_crashes(self.crash_log)  # read after polling: a crash logs before it exits
+        for pid in exited:
+            code = self.procs.pop(pid).returncode
             if pid in crashes:
                 point, at = crashes[pid]
                 self.deaths.append(Death(pid, f"crash:{point}", at))
@@ -233,6 +242,19 @@ class Workers:
         _signal(pid, signal.SIGCONT)
         since, _ = self.paused[pid]
         self.paused[pid] = (since, time.time())
+
+    async def wait_started(self, count: int, timeout: float = 60) -> None:
+        """Wait until ``count`` workers logged ``consumer.started`` (topics checked and created)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            started = sum(
+                1 for log in self.logs.glob("worker-*.log") if b'"event": "consumer.started"' in log.read_bytes()
+            )
+            if started >= count:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {started} of {count} workers started within {timeout:.0f} s ({self.logs})")
+            await asyncio.sleep(0.2)
 
     async def stop_one(self, pid: int, timeout: float = 40) -> None:
         """Graceful stop (SIGTERM), as an orchestrator scaling down would do."""

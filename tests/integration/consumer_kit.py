@@ -69,11 +69,12 @@ async def rows(database: str, group: str) -> list[asyncpg.Record]:
     """processed_events rows of a group."""
     conn = await asyncpg.connect(database)
     try:
-        return await conn.fetch(
+        found: list[asyncpg.Record] = await conn.fetch(
             'SELECT event_id::text AS event_id, topic, partition, "offset", outcome FROM processed_events '
             "WHERE consumer_group = $1",
             group,
         )
+        return found
     finally:
         await conn.close()
 
