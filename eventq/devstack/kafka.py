@@ -39,6 +39,7 @@ __all__ = [
     "default_kafka_lib",
     "ensure_kafka_jars",
     "kafka_jars_installed",
+    "random_cluster_id",
     "require_java",
 ]
 
@@ -309,7 +310,7 @@ class KafkaBroker:
         )
 
     def _format(self, java: str) -> None:
-        cluster_id = self.cluster_id or _random_cluster_id()
+        cluster_id = self.cluster_id or random_cluster_id()
         command = [java, "-cp", f"{self.lib}/*", "kafka.tools.StorageTool", "format",
                    "-t", cluster_id, "-c", str(self._properties)]  # fmt: skip
         done = subprocess.run(
@@ -418,9 +419,11 @@ class KafkaBroker:
         return True
 
 
-def _random_cluster_id() -> str:
-    # What `kafka-storage.sh random-uuid` prints (Kafka's Uuid.toString: base64url, no
-    # padding), without a JVM start. Kafka avoids ids starting with "-" for the CLI's sake.
+def random_cluster_id() -> str:
+    """A new KRaft cluster id, as ``kafka-storage.sh random-uuid`` prints it (every node of a
+    cluster is formatted with the same one)."""
+    # Kafka's Uuid.toString: base64url, no padding, without a JVM start. Kafka avoids ids
+    # starting with "-" for the CLI's sake.
     while True:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         if not text.startswith("-"):

@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from eventq.devstack.kafka import KafkaBroker, _random_cluster_id
+from eventq.devstack.kafka import KafkaBroker, random_cluster_id
 from eventq.errors import DevStackError
 from tests.conftest import free_ports
 
@@ -61,7 +61,7 @@ class KafkaCluster:
         ports = free_ports(2 * size)
         broker_ports, controller_ports = ports[:size], ports[size:]
         voters = ",".join(f"{i}@127.0.0.1:{port}" for i, port in enumerate(controller_ports, 1))
-        cluster_id = _random_cluster_id()
+        cluster_id = random_cluster_id()
         overrides = cluster_overrides(size)
         self.home = home
         self.nodes: list[KafkaBroker] = [
