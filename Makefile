@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 
-.PHONY: venv up down demo test bench lint
+.PHONY: venv up down demo test bench faults lint
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ test: up
 
 bench: up
 	$(BIN)/python benchmarks/run.py
+
+# The whole fault matrix (F1-F8, 20,000 events each, ~9 min) on services of its own;
+# the report goes to docs/faults-results.md. SEED=N repeats a run.
+faults: venv
+	$(BIN)/python -m tests.faults --report docs/faults-results.md $(if $(SEED),--seed $(SEED))
 
 lint: venv
 	$(BIN)/ruff check .
