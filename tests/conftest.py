@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -54,6 +55,28 @@ async def end_offsets(kafka: KafkaSettings, topic: str, *, nonempty: bool = Fals
         tps = [TopicPartition(topic, p) for p in await partitions_of(kafka, topic)]
         ends = await consumer.end_offsets(tps)
         return {tp.partition: offset for tp, offset in ends.items() if offset > 0 or not nonempty}
+    finally:
+        await consumer.stop()
+
+
+async def read_to_end(kafka: KafkaSettings, topic: str, timeout: float = 30.0) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of a topic a ``read_committed`` reader sees (aborted transactions hidden),
+    up to each partition's end when the read began; TimeoutError if that takes longer."""
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await partitions_of(kafka, topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} to its end took more than {timeout:.0f} s")
+            for part in (await consumer.getmany(timeout_ms=300)).values():
+                records.extend(part)
+        return records
     finally:
         await consumer.stop()
 

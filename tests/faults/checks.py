@@ -8,12 +8,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from eventq.config import KafkaSettings
 from eventq.dlq.letters import Letter, scan
 from eventq.schemas.envelope import H_ID
-from tests.conftest import partitions_of
+from tests.conftest import read_to_end
 from tests.faults.stack import Death
 from tests.faults.workload import Workload
 
@@ -64,29 +63,13 @@ class Original:
 
 async def read_source(kafka: KafkaSettings, topic: str) -> dict[str, Original]:
     """The first copy of every event in the source topic, by event id (from its ``ce_id`` header)."""
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(kafka, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        found: dict[str, Original] = {}
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-            for records in batch.values():
-                for r in records:
-                    headers = tuple(r.headers or ())
-                    event_id = dict(headers).get(H_ID)
-                    if event_id is not None:
-                        found.setdefault(event_id.decode(), Original(r.key, r.value, headers))
-        return found
-    finally:
-        await consumer.stop()
+    found: dict[str, Original] = {}
+    for r in await read_to_end(kafka, topic, timeout=120):
+        headers = tuple(r.headers or ())
+        event_id = dict(headers).get(H_ID)
+        if event_id is not None:
+            found.setdefault(event_id.decode(), Original(r.key, r.value, headers))
+    return found
 
 
 async def read_letters(kafka: KafkaSettings, topic: str) -> list[Letter]:

@@ -17,49 +17,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from eventq.consumers import App, Consumer, ConsumerSettings, Context, Hooks
+from eventq.consumers import App, Consumer, ConsumerSettings, Context
 from eventq.schemas import Event
 from eventq.telemetry.logs import configure_logging
+from tests.crashpoints import CrashAt
 from tests.faults.workload import EVENT_TYPE
 
 
 class PoisonError(Exception):
     """What a poison event's handler raises until the fix is deployed."""
-
-
-class CrashAt(Hooks):
-    """Exit like kill -9 the K-th time a slice reaches a crash point."""
-
-    def __init__(self, spec: str, log: Path | None) -> None:
-        point, _, count = spec.partition(":")
-        self.point = point
-        self.left = int(count or 1)
-        self.log = log
-
-    def _maybe(self, point: str) -> None:
-        if point != self.point:
-            return
-        self.left -= 1
-        if self.left > 0:
-            return
-        if self.log is not None:
-            with open(self.log, "a") as f:
-                f.write(f"{os.getpid()} {point} {time.time():.6f}\n")
-        os._exit(137)
-
-    async def after_handlers(self, topic: str, partition: int, result: Any) -> None:
-        self._maybe("after_handlers")
-
-    async def after_record(self, topic: str, partition: int, result: Any) -> None:
-        self._maybe("after_record")
-
-    async def before_commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        self._maybe("before_commit")
 
 
 def build_app(group: str, topic: str, fix_file: Path | None) -> App:

@@ -11,31 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Mapping
-from typing import Any
 
 from eventq.config import KafkaSettings
-from eventq.consumers import App, Consumer, Context, Hooks
+from eventq.consumers import App, Consumer, Context
 from eventq.schemas import Event
+from tests.crashpoints import CrashAt
 from tests.integration.consumer_kit import consumer_settings
-
-
-class Crash(Hooks):
-    def __init__(self, point: str) -> None:
-        self.point = point
-
-    def _maybe(self, point: str) -> None:
-        if point == self.point:
-            os._exit(137)
-
-    async def after_handlers(self, topic: str, partition: int, result: Any) -> None:
-        self._maybe("after_handlers")
-
-    async def after_record(self, topic: str, partition: int, result: Any) -> None:
-        self._maybe("after_record")
-
-    async def before_commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        self._maybe("before_commit")
 
 
 def main() -> None:
@@ -50,7 +31,7 @@ def main() -> None:
 
     kafka = KafkaSettings(bootstrap_servers=os.environ["EVENTQ_BOOTSTRAP_SERVERS"])
     settings = consumer_settings(kafka, database, topic, group_id=group)
-    asyncio.run(Consumer(app, settings, hooks=Crash(point)).run(until_idle=True))
+    asyncio.run(Consumer(app, settings, hooks=CrashAt(point)).run(until_idle=True))
     sys.exit(3)  # reaching here means the crash point was never hit
 
 

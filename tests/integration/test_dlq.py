@@ -19,7 +19,7 @@ from eventq.consumers import App, Context
 from eventq.dlq import Filters, archive, find, replay, summarize
 from eventq.errors import Reject
 from eventq.schemas import Event, decode
-from tests.conftest import TopicFactory, end_offsets, partitions_of
+from tests.conftest import TopicFactory, end_offsets, partitions_of, read_to_end
 from tests.integration.consumer_kit import committed, consumer_settings, order, publish, rows, run_until_idle
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -51,24 +51,7 @@ class Payments:
 
 async def read_committed(kafka: KafkaSettings, topic: str) -> list[Event]:
     """Every event visible to a read_committed reader (aborted transactions hidden)."""
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(kafka, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        events: list[Event] = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300)
-            for records in batch.values():
-                events.extend(decode(r.key, r.value, r.headers) for r in records)
-            if not batch and [await consumer.position(tp) for tp in tps] >= [ends[tp] for tp in tps]:
-                break
-        return events
-    finally:
-        await consumer.stop()
+    return [decode(r.key, r.value, r.headers) for r in await read_to_end(kafka, topic)]
 
 
 async def dead_letter_some(
