@@ -12,14 +12,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from eventq.config import KafkaSettings
 from eventq.consumers import App, Context
 from eventq.dlq import Filters, archive, find, replay, summarize
 from eventq.errors import Reject
 from eventq.schemas import Event, decode
-from tests.conftest import TopicFactory, end_offsets, partitions_of, read_to_end
+from tests.conftest import TopicFactory, end_offsets, read_to_end
 from tests.integration.consumer_kit import committed, consumer_settings, order, publish, rows, run_until_idle
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -276,20 +276,7 @@ async def _all(kafka: KafkaSettings, topic: str) -> list:  # type: ignore[type-a
 
 
 async def _records(kafka: KafkaSettings, topic: str) -> list:  # type: ignore[type-arg]
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in await partitions_of(kafka, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        found = []
-        for _ in range(10):
-            batch = await consumer.getmany(timeout_ms=300)
-            for records in batch.values():
-                found.extend(records)
-        return sorted(found, key=lambda r: (r.partition, r.offset))
-    finally:
-        await consumer.stop()
+    return sorted(await read_to_end(kafka, topic), key=lambda r: (r.partition, r.offset))
 
 
 def _header(record: object, name: str) -> bytes | None:
