@@ -8,13 +8,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from eventq.config import KafkaSettings
-from eventq.kafka import create_topics
+from eventq.consumers import App, Context
+from eventq.kafka import create_topics, topic_shapes
+from eventq.schemas import Event
+from tests.conftest import read_to_end
 from tests.faults.cluster import KafkaCluster
+from tests.integration.consumer_kit import consumer_settings, run_until_idle
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
 TOPIC = "replicated"
 PARTITIONS = 6
@@ -28,28 +32,11 @@ async def cluster(tmp_path: Path, kafka_lib: Path) -> AsyncIterator[KafkaCluster
     await asyncio.to_thread(cluster.stop)
 
 
-async def read_all(kafka: KafkaSettings, expected: int) -> list[tuple[int, bytes]]:
-    """(partition, value) of every record in the topic; waits up to 15 s for ``expected`` of them."""
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        found: list[tuple[int, bytes]] = []
-        deadline = time.monotonic() + 15
-        while len(found) < expected and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=250)).values():
-                found.extend((r.partition, r.value) for r in records if r.value is not None)
-        return found
-    finally:
-        await consumer.stop()
-
-
-async def test_killed_leader_hands_over_and_loses_no_acknowledged_record(cluster: KafkaCluster) -> None:
+async def test_killed_leader_hands_over_and_loses_no_acknowledged_record(cluster: KafkaCluster, database: str) -> None:
     """With the leader of partition 0 SIGKILLed, another node leads it within 15 s, acks=all writes to
     every partition still succeed on two nodes, the restarted node is back in every ISR, and every
-    acknowledged record is readable exactly once."""
+    acknowledged record is readable exactly once; a daemon then creates its dead-letter topic with the
+    source's three replicas."""
     await asyncio.to_thread(cluster.start)
     kafka = KafkaSettings(bootstrap_servers=cluster.bootstrap_servers, client_id="eventq-tests")
     await create_topics(
@@ -89,4 +76,14 @@ async def test_killed_leader_hands_over_and_loses_no_acknowledged_record(cluster
         await producer.stop()
 
     assert len(acknowledged) == 3 * PARTITIONS * 10
-    assert sorted(await read_all(kafka, len(acknowledged))) == sorted(acknowledged)
+    assert sorted((r.partition, r.value) for r in await read_to_end(kafka, TOPIC)) == sorted(acknowledged)
+
+    # The records are not events: the daemon dead-letters them all, to the topic it creates.
+    app = App("cluster", topics=[TOPIC])
+
+    @app.handler("demo.order.created.v1")
+    async def never_called(event: Event, ctx: Context) -> None:
+        raise AssertionError("no record of the topic is an event")
+
+    await run_until_idle(app, consumer_settings(kafka, database, TOPIC))
+    assert (await topic_shapes(kafka, [f"{TOPIC}.dlt"]))[f"{TOPIC}.dlt"] == (PARTITIONS, 3)
