@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -165,7 +166,6 @@ async def database() -> AsyncIterator[str]:
     """URL of a fresh, migrated database of the test's own on the dev stack's PostgreSQL (dropped after)."""
     import asyncpg
 
-    from eventq.consumers.store import migrate
     from eventq.database import DatabaseSettings
 
     base = DatabaseSettings.from_env().url
@@ -174,13 +174,26 @@ async def database() -> AsyncIterator[str]:
     except (OSError, asyncpg.PostgresError) as exc:
         pytest.fail(f"PostgreSQL is not reachable at {base} ({exc}): run `eventq dev up` (or `make up`) first")
     name = f"eventq_test_{uuid.uuid4().hex[:10]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = base.rsplit("/", 1)[0] + "/" + name
-    conn = await asyncpg.connect(url)
-    await migrate(conn)
-    await conn.close()
+    url = await create_database(admin, base, name)
     try:
         yield url
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def create_database(admin: Any, base_url: str, name: str) -> str:
+    """Create database ``name`` next to ``base_url`` (through the ``admin`` connection), apply
+    eventq's migrations to it, and return its URL."""
+    import asyncpg
+
+    from eventq.consumers.store import migrate
+
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = base_url.rsplit("/", 1)[0] + "/" + name
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return url

@@ -16,7 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from eventq.devstack.postgres import cluster_home
 from tests.faults.faults import FAULTS
 from tests.faults.harness import Result, run_fault
 from tests.faults.report import render, save
@@ -43,10 +42,10 @@ async def run_matrix(names: list[str], *, seed: int, events: int, home: Path, pu
                 print(f"   {status} in {result.seconds:.0f} s", flush=True)
             finally:
                 if services is not single:
-                    await services.stop()
+                    await services.discard()
     finally:
         if single is not None:
-            await single.stop()
+            await single.discard()
     return results
 
 
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", default=",".join(FAULTS), help="comma-separated faults (default: all)")
     parser.add_argument("--report", type=Path, default=Path(".eventq/faults/report.md"))
-    parser.add_argument("--keep", action="store_true", help="keep the run folder (logs, data) afterwards")
+    parser.add_argument("--keep", action="store_true", help="keep the run folder (worker logs, Kafka data) afterwards")
     args = parser.parse_args(argv)
     # The harness's own clients see every outage it causes; their reconnect noise is not news.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -79,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         if not args.keep:
-            for folder in (home / "single", home / "cluster"):
-                shutil.rmtree(cluster_home(folder.resolve()), ignore_errors=True)
             shutil.rmtree(home, ignore_errors=True)
     text = render(results, command=command if "--seed" in command else f"{command} --seed {seed}")
     print(text)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,8 +33,7 @@ async def services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Se
     try:
         yield stack
     finally:
-        await stack.stop()
-        shutil.rmtree(stack.postgres.home, ignore_errors=True)  # may be under /tmp, outside tmp_path
+        await stack.discard()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

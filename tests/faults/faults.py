@@ -72,7 +72,6 @@ class Fault:
     crash_plan: tuple[str, ...] = ()  # deterministic crash points for the first worker starts
     kill_replay: bool = False  # F8: kill the replay CLI mid-run, then rerun it
     prepare: Inject | None = None  # runs after the daemons started, before anything is published
-    worker_env: tuple[tuple[str, str], ...] = ()
 
 
 async def nothing(scene: Scene) -> None:

@@ -67,11 +67,13 @@ class Result:
         return "\n".join(lines)
 
 
-def worker_env(services: Services, *, topic: str, group: str, database: str, fix_file: Path) -> dict[str, str]:
-    """The daemons' settings: the product defaults, except shorter timeouts so faults bite quickly."""
+def worker_env(services: Services, *, topic: str, group: str, fix_file: Path) -> dict[str, str]:
+    """The daemons' settings: the product defaults, except shorter timeouts so faults bite quickly.
+
+    ``EVENTQ_DATABASE_URL`` is added once the run's database exists.
+    """
     return {
         "EVENTQ_BOOTSTRAP_SERVERS": services.bootstrap,
-        "EVENTQ_DATABASE_URL": database,
         "EVENTQ_GROUP": group,
         "EVENTQ_TOPICS": topic,
         "EVENTQ_SESSION_TIMEOUT_S": "6",
@@ -151,21 +153,6 @@ async def replay(
     return text[-1] if text else ""
 
 
-async def wait_for_topic(services: Services, topic: str, timeout: float = 60) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(**services.kafka.client_kwargs())
-    await admin.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while topic not in await admin.list_topics():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic} was not created within {timeout:.0f} s")
-            await asyncio.sleep(0.5)
-    finally:
-        await admin.close()
-
-
 async def run_fault(
     fault: Fault, services: Services, *, seed: int, events: int, home: Path, publish_s: float = 12.0
 ) -> Result:
@@ -184,8 +171,7 @@ async def run_fault(
     run_home.mkdir(parents=True)
     fix_file = run_home / "fix-deployed"
     workers = Workers(
-        env={**worker_env(services, topic=topic, group=group, database="", fix_file=fix_file),
-             **dict(fault.worker_env)},
+        env=worker_env(services, topic=topic, group=group, fix_file=fix_file),
         logs=run_home / "logs",
         crash_plan=list(fault.crash_plan),
     )  # fmt: skip
@@ -261,6 +247,8 @@ class _Run:
         healed = time.monotonic()
         log = await self.published
         result.resent = log.resent
+        if log.errors:
+            result.facts.append(f"publisher send errors {len(log.errors)}, first: {log.errors[0]}")
         await wait_drained(services, self.group, topic, timeout=LAG_BOUND_S)
         result.drain_s = time.monotonic() - healed
         workers.reap()

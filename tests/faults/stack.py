@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from eventq.config import KafkaSettings
 from eventq.devstack import StackSettings
 from eventq.devstack.kafka import KafkaBroker, ensure_kafka_jars
 from eventq.devstack.postgres import PostgresCluster, cluster_home
-from tests.conftest import free_ports
+from tests.conftest import create_database, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,30 +74,28 @@ class Services:
             await asyncio.to_thread(self.cluster.stop)
         await asyncio.to_thread(self.postgres.stop)
 
+    async def discard(self) -> None:
+        """Stop everything and delete PostgreSQL's folder, which may lie under /tmp (see
+        ``cluster_home``) rather than under ``home``."""
+        await self.stop()
+        shutil.rmtree(self.postgres.home, ignore_errors=True)
+
     async def heal(self) -> None:
         """Everything running and unpaused again (a no-op for what is already up)."""
         main = self.postgres.pid()
         if main is not None:
             self.resume_postgres([main, *_children(main)])
-        await self.start()
-        if self.cluster is not None:
-            for node_id, node in enumerate(self.cluster.nodes, 1):
-                if not node.is_running():
-                    await asyncio.to_thread(self.cluster.restart, node_id)
+        await self.start()  # KafkaCluster.start launches only the nodes that are down
 
     async def new_database(self, name: str) -> str:
         """Create database ``name`` with eventq's tables and ``side_effects``; its URL."""
-        from eventq.consumers.store import migrate
-
         admin = await asyncpg.connect(self.postgres.dsn)
         try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
+            url = await create_database(admin, self.postgres.dsn, name)
         finally:
             await admin.close()
-        url = self.postgres.dsn.rsplit("/", 1)[0] + "/" + name
         conn = await asyncpg.connect(url)
         try:
-            await migrate(conn)
             await conn.execute(
                 "CREATE TABLE side_effects (serial bigserial PRIMARY KEY, event_id uuid NOT NULL, "
                 "attempt integer NOT NULL, pid integer NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
