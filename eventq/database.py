@@ -80,3 +80,26 @@ def is_outage(exc: BaseException) -> bool:
             TimeoutError,
         ),
     )
+
+
+async def answers(pool: asyncpg.Pool, timeout: float = 2.0) -> bool:
+    """True unless the database behind ``pool`` fails or does not answer ``SELECT 1`` within ``timeout``.
+
+    A pool with no free connection for ``timeout`` counts as answering: it is busy, not
+    down. A connection whose query stalled is terminated, since a stalled server would
+    make a clean release wait as well.
+    """
+    try:
+        conn = await pool.acquire(timeout=timeout)
+    except TimeoutError:
+        return True
+    except Exception:  # noqa: BLE001 - cannot connect: does not answer
+        return False
+    try:
+        await conn.fetchval("SELECT 1", timeout=timeout)
+    except Exception:  # noqa: BLE001 - any failure means "does not answer"
+        conn.terminate()
+        return False
+    finally:
+        await pool.release(conn)
+    return True

@@ -47,6 +47,7 @@ from eventq.consumers.processor import Processor
 from eventq.consumers.retrytopics import retry_topic
 from eventq.consumers.settings import ConsumerSettings
 from eventq.consumers.slices import Interrupt, Item, SliceResult, decode_items
+from eventq.database import answers
 from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
 from eventq.kafka import create_topics, topic_shapes
 from eventq.producers.producer import Producer
@@ -269,12 +270,7 @@ class Consumer:
 
     async def _probe(self) -> None:
         """Ask PostgreSQL and Kafka whether they answer now (for /readyz; not logged: operations log)."""
-        try:
-            async with asyncio.timeout(2):
-                await self._pool.fetchval("SELECT 1")
-            self.status.database_answers = True
-        except Exception:
-            self.status.database_answers = False
+        self.status.database_answers = await answers(self._pool)
         try:
             async with asyncio.timeout(2):
                 assert self._consumer is not None

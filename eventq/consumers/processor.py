@@ -47,14 +47,12 @@ from eventq.consumers.deadletter import (
 from eventq.consumers.health import Status
 from eventq.consumers.settings import ConsumerSettings
 from eventq.consumers.slices import Interrupt, Item, SliceResult, is_replayed
-from eventq.database import is_outage
+from eventq.database import answers, is_outage
 from eventq.errors import EventqError, Reject, RetryLater, UnknownEventType
 from eventq.producers.producer import Producer
 from eventq.schemas.correlation import caused_by, enter_cause, exit_cause
 from eventq.telemetry import tracing as tr
 from eventq.telemetry.logs import enter_work, exit_work
-
-_PROBE_TIMEOUT_S = 2.0
 
 log = structlog.get_logger("eventq.consumer")
 
@@ -296,7 +294,7 @@ class Processor:
                 return True
             except Exception as caught:
                 error = caught.error if isinstance(caught, _DatabaseStep) else caught
-                if is_outage(error) and (isinstance(caught, _DatabaseStep) or not await self._database_answers()):
+                if is_outage(error) and (isinstance(caught, _DatabaseStep) or not await answers(self.pool)):
                     # The database, not the handler, failed (eventq's own step, or the handler's
                     # query while eventq's database does not answer either): wait for it
                     # without using up attempts, then run the same attempt again.
@@ -338,27 +336,6 @@ class Processor:
                 result.rows.append(store.Processed(event.id, record.topic, record.partition, record.offset))
             result.handled += 1
             return True
-
-    async def _database_answers(self) -> bool:
-        """True unless eventq's database fails or does not answer ``SELECT 1`` within two seconds.
-
-        A pool with no free connection for two seconds counts as answering: it is busy,
-        and the handler's error is then the handler's own.
-        """
-        try:
-            conn = await self.pool.acquire(timeout=_PROBE_TIMEOUT_S)
-        except TimeoutError:
-            return True
-        except Exception:  # noqa: BLE001 - cannot connect: does not answer
-            return False
-        try:
-            await conn.fetchval("SELECT 1", timeout=_PROBE_TIMEOUT_S)
-        except Exception:  # noqa: BLE001 - any failure means "does not answer"
-            conn.terminate()  # a stalled server would make a clean release wait too
-            return False
-        finally:
-            await self.pool.release(conn)
-        return True
 
     def _hand_off(
         self,

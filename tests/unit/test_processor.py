@@ -50,10 +50,13 @@ def items_of(app: App, *events: Event) -> list[Item]:
 class ProbedPool:
     """Stands in for the daemon's pool where only the outage probe (SELECT 1) is used."""
 
-    def __init__(self, answers: bool = True) -> None:
+    def __init__(self, answers: bool = True, busy: bool = False) -> None:
         self.answers = answers
+        self.busy = busy
 
     async def acquire(self, timeout: float) -> ProbedPool:
+        if self.busy:
+            raise TimeoutError  # no free connection within the timeout
         if not self.answers:
             raise ConnectionRefusedError("database down")
         return self
@@ -169,6 +172,23 @@ async def test_handler_failing_while_the_database_is_down_uses_up_no_attempt() -
 
     assert attempts == [1, 1, 1, 2]  # two outages, then attempt 1 failed for real and attempt 2 succeeded
     assert result.rows == [Processed(event.id, "orders", 3, 100, "handled")]
+
+
+async def test_handler_connection_error_with_a_busy_pool_counts_as_an_attempt() -> None:
+    """A pool with no free connection counts as answering: the handler's own connection errors use up attempts."""
+    app = App("billing")
+    attempts: list[int] = []
+
+    @app.handler(CREATED, max_attempts=2)
+    async def calls_out(event: Event, ctx: Any) -> None:
+        attempts.append(ctx.attempt)
+        raise ConnectionRefusedError("payments service down")
+
+    event = order()
+    result = await processor(app, ProbedPool(busy=True)).run(items_of(app, event), set())
+
+    assert attempts == [1, 2]
+    assert rows(result) == [(event.id, 100, "dead_lettered")]
 
 
 async def test_handler_that_fails_twice_then_succeeds_is_recorded_once() -> None:
