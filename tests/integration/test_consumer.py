@@ -447,6 +447,44 @@ async def test_two_consumers_split_partitions_and_a_rebalance_loses_nothing(
     assert await committed(kafka_settings, settings.group_id or "", topic) == ends
 
 
+async def test_a_revocation_longer_than_the_session_timeout_still_hands_over_cleanly(
+    kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory
+) -> None:
+    """A handler still running 9 s when a member joins (session timeout 6 s): the old owner finishes and commits
+    inside the rebalance (its timeout is max_poll_interval_s), so nobody runs the event again."""
+    topic = await new_topic(partitions=1)
+    settings = consumer_settings(kafka_settings, database, topic, shutdown_grace_s=15.0, max_poll_interval_s=30.0)
+    runs: Counter[str] = Counter()
+    started = asyncio.Event()
+
+    def make_app() -> App:
+        app = App("t", topics=[topic])
+
+        @app.handler(ORDER)
+        async def slow(event: Event, ctx: Context) -> None:
+            runs[event.id] += 1
+            started.set()
+            await asyncio.sleep(9)
+
+        return app
+
+    first, second = Consumer(make_app(), settings), Consumer(make_app(), settings)
+    run_a = asyncio.create_task(first.run())
+    event = order(0)
+    await publish(kafka_settings, topic, [event])
+    await asyncio.wait_for(started.wait(), 30)
+    run_b = asyncio.create_task(second.run())
+    async with asyncio.timeout(60):
+        while await committed(kafka_settings, settings.group_id or "", topic) != {0: 1}:
+            await asyncio.sleep(0.5)
+    await asyncio.sleep(3)  # room for a second run to show
+    first.stop()
+    second.stop()
+    await asyncio.gather(run_a, run_b)
+
+    assert runs == {event.id: 1}
+
+
 async def test_startup_problems_are_named(
     kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory
 ) -> None:
