@@ -241,6 +241,7 @@ class _Run:
         injected = len(done.actions)
         await services.heal()
         workers.size = 3
+        await workers.disarm()
         for pid, (_, until) in list(workers.paused.items()):
             if until is None:
                 workers.resume(pid)

@@ -255,6 +255,13 @@ class Workers:
                 raise TimeoutError(f"only {started} of {count} workers started within {timeout:.0f} s ({self.logs})")
             await asyncio.sleep(0.2)
 
+    async def disarm(self) -> None:
+        """No crash after healing: drop the crash points not handed out yet, and replace the
+        workers still waiting for theirs (stopped gracefully; the supervisor starts plain ones)."""
+        self.crash_plan.clear()
+        pending = [pid for pid in self.procs if pid in self.crash_specs]
+        await asyncio.gather(*(self.stop_one(pid) for pid in pending))
+
     async def stop_one(self, pid: int, timeout: float = 40) -> None:
         """Graceful stop (SIGTERM), as an orchestrator scaling down would do."""
         proc = self.procs.pop(pid)
