@@ -7,6 +7,7 @@
     │   └── RegistrationError        a handler registered wrongly (raised at import time)
     ├── EventError                   an event that cannot be sent or understood
     │   ├── InvalidEvent             a record that is not a valid eventq/CloudEvents envelope
+    │   │   └── UndecodableRecord    a record the Kafka client could not read whole
     │   ├── SchemaViolation          a payload that fails its event type's JSON Schema
     │   ├── UnknownEventType         an event type with no declared schema
     │   └── EventTooLarge            an encoded event over ``max_event_bytes``
@@ -57,6 +58,10 @@ class InvalidEvent(EventError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class UndecodableRecord(InvalidEvent):
+    """A record the Kafka client could not read whole (say a header name that is not UTF-8)."""
 
 
 class SchemaViolation(InvalidEvent):

@@ -12,10 +12,12 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import errors as ke
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from eventq import kafkarecords
 from eventq.config import KafkaSettings
 from eventq.errors import (
     BrokerUnavailable,
@@ -59,6 +61,16 @@ def translate(exc: BaseException, *, topic: str, settings: KafkaSettings) -> Eve
         error.retriable = bool(getattr(exc, "retriable", False))
         return error
     return PublishError(topic, f"unexpected {type(exc).__name__}: {exc}")
+
+
+def consumer(settings: KafkaSettings, **options: Any) -> AIOKafkaConsumer:
+    """An aiokafka consumer for ``settings`` that survives records aiokafka cannot decode.
+
+    A header name that is not UTF-8 comes through read with surrogate escapes (see
+    :mod:`eventq.kafkarecords`) instead of failing every fetch of its partition.
+    """
+    kafkarecords.install()
+    return AIOKafkaConsumer(**settings.client_kwargs(), **options)
 
 
 async def stop_producer(producer: AIOKafkaProducer, timeout: float) -> bool:
@@ -148,6 +160,24 @@ async def topic_shapes(settings: KafkaSettings, topics: Iterable[str]) -> dict[s
         for d in descriptions
         if d["error_code"] == 0 and d["partitions"]
     }
+
+
+async def max_message_bytes(settings: KafkaSettings, topics: Iterable[str]) -> dict[str, int]:
+    """Each existing topic's ``max.message.bytes`` (the largest record batch it accepts)."""
+    wanted = list(dict.fromkeys(topics))
+    if not wanted:
+        return {}
+    async with _admin(settings, wanted) as admin:
+        responses: Any = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None}) for t in wanted]
+        )
+    limits = {}
+    for response in responses:
+        for resource in response.to_object()["resources"]:
+            for entry in resource["config_entries"] if resource["error_code"] == 0 else ():
+                if entry["config_names"] == "max.message.bytes" and str(entry["config_value"]).isdigit():
+                    limits[resource["resource_name"]] = int(entry["config_value"])
+    return limits
 
 
 async def _until_listed(admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float = 10.0) -> None:

@@ -18,7 +18,8 @@ from opentelemetry.trace import SpanContext
 from eventq.consumers import store
 from eventq.consumers.app import App, Handler
 from eventq.consumers.deadletter import REPLAY_COUNT, DeadLetter
-from eventq.errors import EventqError
+from eventq.errors import EventqError, UndecodableRecord
+from eventq.kafkarecords import printable, undecodable_names
 from eventq.schemas.envelope import Event, decode
 
 
@@ -90,10 +91,21 @@ def decode_items(
     route = app.route
     items = []
     for record in records:
+        headers = record.headers or ()
+        broken = undecodable_names(headers)
+        if broken:
+            names = ", ".join(printable(name).encode("utf-8", "replace").hex() for name in broken[:3])
+            problem = UndecodableRecord(f"header name(s) not valid UTF-8 (hex, undecodable bytes as U+FFFD): {names}")
+            items.append(Item(record, None, problem, None))
+            continue
         try:
-            event = decode(record.key, record.value, record.headers or (), max_event_bytes=max_event_bytes)
+            event = decode(record.key, record.value, headers, max_event_bytes=max_event_bytes)
         except EventqError as exc:
             items.append(Item(record, None, exc, None))
+            continue
+        except Exception as exc:  # decode promises InvalidEvent only; never let a record stop a partition
+            problem = UndecodableRecord(f"unexpected {type(exc).__name__} while decoding: {exc}")
+            items.append(Item(record, None, problem, None))
             continue
         invalid: EventqError | None = None
         if event.type in registry:

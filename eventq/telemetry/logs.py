@@ -40,6 +40,17 @@ def exit_work(token: Token[Any]) -> None:
     _current.reset(token)
 
 
+FIELD_LIMIT = 200  # characters of one record-derived field in a log line
+
+
+def bounded(value: str | None, limit: int = FIELD_LIMIT) -> str | None:
+    """``value`` cut to ``limit`` characters (with a marker saying how long it was): fields
+    that come from records are logged bounded, however large the record made them."""
+    if value is None or len(value) <= limit:
+        return value
+    return f"{value[:limit]}…[{len(value)} chars]"
+
+
 def add_event_context(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: add the current event's fields and the active span's ids."""
     ctx = _current.get()
@@ -47,9 +58,9 @@ def add_event_context(logger: Any, method: str, event_dict: dict[str, Any]) -> d
         setdefault = event_dict.setdefault
         event = getattr(ctx, "event", None)
         if event is not None:
-            setdefault("event_id", event.id)
-            setdefault("event_type", event.type)
-            setdefault("correlation_id", event.correlation_id)
+            setdefault("event_id", bounded(event.id))
+            setdefault("event_type", bounded(event.type))
+            setdefault("correlation_id", bounded(event.correlation_id))
             setdefault("offset", ctx.offset)
         setdefault("topic", ctx.topic)
         setdefault("partition", ctx.partition)
