@@ -15,6 +15,9 @@ lookups are index probes and inserts append (docs/adr/0006-consumer-daemon.md).
 
 from __future__ import annotations
 
+import asyncio
+import re
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, NamedTuple, Protocol
@@ -22,7 +25,9 @@ from typing import Any, NamedTuple, Protocol
 import asyncpg
 
 # Versioned DDL; applied in order by migrate(), each version once.
-MIGRATIONS: tuple[tuple[int, str], ...] = (
+# A migration is one script run in a transaction, or a tuple of statements run one by
+# one outside any (for CREATE INDEX CONCURRENTLY).
+MIGRATIONS: tuple[tuple[int, str | tuple[str, ...]], ...] = (
     (
         1,
         """
@@ -54,9 +59,28 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX processed_events_processed_at ON processed_events USING brin (processed_at);
         """,
     ),
+    (
+        3,
+        # CloudEvents identify an event by (source, id): the source joins the key. Adding a
+        # column with a constant default rewrites nothing; the new key's index is built
+        # CONCURRENTLY (writes go on meanwhile) and then takes over the primary key, which
+        # locks the table only for that swap. Rows written before have source '' and
+        # match an event of that id from any source (see finished()).
+        (
+            "ALTER TABLE processed_events ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT ''",
+            "DROP INDEX CONCURRENTLY IF EXISTS processed_events_key",  # left INVALID by an interrupted run
+            "CREATE UNIQUE INDEX CONCURRENTLY processed_events_key "
+            "ON processed_events (event_id, consumer_group, source)",
+            "ALTER TABLE processed_events DROP CONSTRAINT processed_events_pkey, "
+            "ADD CONSTRAINT processed_events_pkey PRIMARY KEY USING INDEX processed_events_key",
+        ),
+    ),
 )
 
-_MIGRATION_LOCK = 0x6576_656E_7471  # pg_advisory_xact_lock key ("eventq"): one migrator at a time
+_MIGRATION_LOCK = 0x6576_656E_7471  # pg_advisory_lock key ("eventq"): one migrator at a time
+# Event ids that are not a lower-case UUID are stored as this UUIDv5 of the id text.
+_ID_NAMESPACE = uuid.UUID("5d1c3f0e-8f43-4c8b-9a57-6576656e7471")
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class Executor(Protocol):
@@ -75,16 +99,29 @@ class Processed(NamedTuple):
     partition: int
     offset: int
     outcome: str = "handled"
+    source: str = ""
+
+
+def row_id(event_id: str) -> str:
+    """The ``event_id`` column of an event id: the id itself when it is a lower-case UUID
+    (every eventq producer's), else a UUIDv5 of it (CloudEvents ids are any string)."""
+    if len(event_id) == 36 and _CANONICAL_UUID.fullmatch(event_id):
+        return event_id
+    return str(uuid.uuid5(_ID_NAMESPACE, event_id))
 
 
 async def migrate(conn: asyncpg.Connection) -> list[int]:
     """Apply the migrations this database lacks; return their versions.
 
-    Idempotent, and safe when several daemons start at once: a transaction-scoped
-    advisory lock lets one migrate while the others wait and then find nothing to do.
+    Idempotent, and safe when several daemons start at once: an advisory lock lets one
+    migrate while the others wait and then find nothing to do. No migration holds a
+    lock on ``processed_events`` that stops the daemons for long (see MIGRATIONS).
     """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+    # Polled, not waited for: a session blocked in pg_advisory_lock holds a transaction
+    # open, which CREATE INDEX CONCURRENTLY in the session holding the lock waits for.
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATION_LOCK):
+        await asyncio.sleep(0.1)
+    try:
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS eventq_schema_migrations ("
             " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -92,33 +129,57 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
         done = {row["version"] for row in await conn.fetch("SELECT version FROM eventq_schema_migrations")}
         applied = []
         for version, ddl in MIGRATIONS:
-            if version not in done:
-                await conn.execute(ddl)
+            if version in done:
+                continue
+            if isinstance(ddl, str):
+                async with conn.transaction():
+                    await conn.execute(ddl)
+                    await conn.execute("INSERT INTO eventq_schema_migrations (version) VALUES ($1)", version)
+            else:
+                for statement in ddl:
+                    await conn.execute(statement)
                 await conn.execute("INSERT INTO eventq_schema_migrations (version) VALUES ($1)", version)
-                applied.append(version)
+            applied.append(version)
         return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
 
 
-async def finished(db: Executor, group: str, event_ids: Sequence[str]) -> dict[str, str]:
-    """Outcome (handled, dead_lettered, skipped) of each id among ``event_ids`` that ``group`` finished
-    (one query per batch)."""
-    if not event_ids:
+Identity = tuple[str, str]  # (event id, source): how CloudEvents tell events apart
+
+
+async def finished(db: Executor, group: str, events: Sequence[Identity]) -> dict[Identity, str]:
+    """Outcome (handled, dead_lettered, skipped) of each (id, source) among ``events`` that
+    ``group`` finished (one indexed query per batch).
+
+    A row written before sources were recorded (source '') counts for its id from any source.
+    """
+    if not events:
         return {}
-    # Ids travel as one comma-joined text parameter: asyncpg's per-element array
-    # encoding cost more than the query itself (see docs/benchmarks.md).
+    keys: dict[str, list[Identity]] = {}
+    for identity in events:
+        keys.setdefault(row_id(identity[0]), []).append(identity)
+    # Row ids travel as one comma-joined text parameter: asyncpg's per-element array
+    # encoding cost more than the query itself (see docs/benchmarks.md). They are UUIDs
+    # that row_id() made, so no comma or quote from a record can reach the statement.
     rows = await db.fetch(
-        "SELECT event_id::text, outcome FROM processed_events "
+        "SELECT event_id::text, source, outcome FROM processed_events "
         "WHERE event_id = ANY(string_to_array($2, ',')::uuid[]) AND consumer_group = $1",
         group,
-        ",".join(event_ids),
+        ",".join(keys),
     )
-    return {row[0]: row[1] for row in rows}
+    found: dict[Identity, str] = {}
+    for key, source, outcome in rows:
+        for identity in keys.get(key, ()):
+            if (source == "" or source == identity[1]) and found.get(identity) != "handled":
+                found[identity] = outcome
+    return found
 
 
 # A replayed dead letter that is handled turns its 'dead_lettered' row into 'handled';
 # every other existing row is kept as it is.
 _ON_CONFLICT = (
-    "ON CONFLICT (event_id, consumer_group) DO UPDATE SET outcome = EXCLUDED.outcome, topic = EXCLUDED.topic, "
+    "ON CONFLICT (event_id, consumer_group, source) DO UPDATE SET outcome = EXCLUDED.outcome, topic = EXCLUDED.topic, "
     'partition = EXCLUDED.partition, "offset" = EXCLUDED."offset", processed_at = now() '
     "WHERE processed_events.outcome = 'dead_lettered' AND EXCLUDED.outcome = 'handled'"
 )
@@ -129,32 +190,33 @@ async def record(db: Executor, group: str, events: Sequence[Processed]) -> None:
 
     Rows that exist are kept as they are, except that a ``dead_lettered`` row becomes
     ``handled`` (a replayed dead letter was handled). Pass a connection inside a
-    transaction to make the rows part of that transaction.
+    transaction to make the rows part of that transaction. Text that comes from records
+    (topic, source) travels as typed array parameters: it is data, never syntax.
     """
     if not events:
         return
-    if len({e.event_id for e in events}) != len(events):
-        # One statement may not touch a row twice (the same event id from two
-        # partitions): keep one row per id, 'handled' over other outcomes.
-        unique: dict[str, Processed] = {}
-        for e in events:
-            kept = unique.get(e.event_id)
-            if kept is None or (kept.outcome != "handled" and e.outcome == "handled"):
-                unique[e.event_id] = e
-        events = list(unique.values())
-    # Columns as comma-joined text (see finished); topic names cannot contain commas
-    # (Kafka allows only [a-zA-Z0-9._-]), and outcomes are fixed words.
+    keyed = [(row_id(e.event_id), e) for e in events]
+    if len({(key, e.source) for key, e in keyed}) != len(keyed):
+        # One statement may not touch a row twice (the same event from two
+        # partitions): keep one row per event, 'handled' over other outcomes.
+        unique: dict[tuple[str, str], tuple[str, Processed]] = {}
+        for key, e in keyed:
+            kept = unique.get((key, e.source))
+            if kept is None or (kept[1].outcome != "handled" and e.outcome == "handled"):
+                unique[(key, e.source)] = (key, e)
+        keyed = list(unique.values())
     await db.execute(
-        "INSERT INTO processed_events (consumer_group, event_id, topic, partition, \"offset\", outcome) "
-        "SELECT $1, * FROM unnest(string_to_array($2, ',')::uuid[], string_to_array($3, ','), "
-        "string_to_array($4, ',')::integer[], string_to_array($5, ',')::bigint[], string_to_array($6, ',')) "
-        + _ON_CONFLICT,
+        'INSERT INTO processed_events (consumer_group, event_id, topic, partition, "offset", outcome, source) '
+        "SELECT $1, * FROM unnest(string_to_array($2, ',')::uuid[], $3::text[], "
+        "string_to_array($4, ',')::integer[], string_to_array($5, ',')::bigint[], string_to_array($6, ','), "
+        "$7::text[]) " + _ON_CONFLICT,
         group,
-        ",".join([e.event_id for e in events]),
-        ",".join([e.topic for e in events]),
-        ",".join([str(e.partition) for e in events]),
-        ",".join([str(e.offset) for e in events]),
-        ",".join([e.outcome for e in events]),
+        ",".join([key for key, _ in keyed]),
+        [e.topic for _, e in keyed],
+        ",".join([str(e.partition) for _, e in keyed]),
+        ",".join([str(e.offset) for _, e in keyed]),
+        ",".join([e.outcome for _, e in keyed]),
+        [e.source for _, e in keyed],
     )
 
 
@@ -166,14 +228,15 @@ async def claim(conn: Executor, group: str, event: Processed) -> bool:
     transaction's side effects happen once however many consumers see the event.
     """
     rows = await conn.fetch(
-        "INSERT INTO processed_events (consumer_group, event_id, topic, partition, \"offset\", outcome) "
-        "VALUES ($1, $2::uuid, $3, $4, $5, $6) " + _ON_CONFLICT + " RETURNING 1",
+        'INSERT INTO processed_events (consumer_group, event_id, topic, partition, "offset", outcome, source) '
+        "VALUES ($1, $2::uuid, $3, $4, $5, $6, $7) " + _ON_CONFLICT + " RETURNING 1",
         group,
-        event.event_id,
+        row_id(event.event_id),
         event.topic,
         event.partition,
         event.offset,
         event.outcome,
+        event.source,
     )
     return bool(rows)
 

@@ -27,16 +27,49 @@ async def conn(database: str) -> AsyncIterator[asyncpg.Connection]:
     await connection.close()
 
 
-def done(event_id: str, outcome: str = "handled", offset: int = 0) -> Processed:
-    return Processed(event_id=event_id, topic="orders", partition=0, offset=offset, outcome=outcome)
+def done(event_id: str, outcome: str = "handled", offset: int = 0, source: str = "orders-service") -> Processed:
+    return Processed(event_id=event_id, topic="orders", partition=0, offset=offset, outcome=outcome, source=source)
+
+
+async def ids_finished(conn: asyncpg.Connection, group: str, ids: list[str], source: str = "orders-service") -> set[str]:
+    return {event_id for event_id, _ in await finished(conn, group, [(i, source) for i in ids])}
 
 
 async def test_recorded_events_are_found_for_their_group_only(conn: asyncpg.Connection) -> None:
     """One lookup returns exactly the ids the group recorded; another group sees none of them."""
     ids = [new_event_id() for _ in range(500)]
     await record(conn, "billing", [done(i, offset=n) for n, i in enumerate(ids[:300])])
-    assert set(await finished(conn, "billing", ids)) == set(ids[:300])
-    assert set(await finished(conn, "shipping", ids)) == set()
+    assert await ids_finished(conn, "billing", ids) == set(ids[:300])
+    assert await ids_finished(conn, "shipping", ids) == set()
+
+
+async def test_the_same_id_from_two_sources_is_two_events(conn: asyncpg.Connection) -> None:
+    """CloudEvents identify an event by (source, id): a row for one source does not finish the other's event."""
+    event_id = new_event_id()
+    await record(conn, "billing", [done(event_id, source="orders-service")])
+    found = await finished(conn, "billing", [(event_id, "orders-service"), (event_id, "legacy-shop")])
+    assert found == {(event_id, "orders-service"): "handled"}
+    await record(conn, "billing", [done(event_id, source="legacy-shop")])
+    assert await conn.fetchval("SELECT count(*) FROM processed_events WHERE consumer_group = 'billing'") == 2
+
+
+async def test_any_string_id_and_hostile_text_are_recorded_as_data(conn: asyncpg.Connection) -> None:
+    """Ids that are not UUIDs, and topics and sources with commas, quotes and newlines, are stored and found."""
+    ids = ["A234-1234-1234", "x" * 10_000, "a,b", "'; DROP TABLE processed_events; --", "01A2-UPPER"]
+    source = 'src,"\\n\n'
+    hostile = [Processed(i, "orders,x", 0, n, "handled", source) for n, i in enumerate(ids)]
+    await record(conn, "billing", hostile)
+    found = await finished(conn, "billing", [(i, source) for i in ids])
+    assert set(found) == {(i, source) for i in ids}
+    topics = await conn.fetch("SELECT DISTINCT topic FROM processed_events WHERE consumer_group = 'billing'")
+    assert [r["topic"] for r in topics] == ["orders,x"]
+
+
+async def test_a_row_from_before_sources_were_recorded_matches_any_source(conn: asyncpg.Connection) -> None:
+    """A row recorded without a source (written before migration 3) still makes a redelivery skip its handler."""
+    event_id = new_event_id()
+    await record(conn, "billing", [done(event_id, source="")])
+    assert await ids_finished(conn, "billing", [event_id], source="orders-service") == {event_id}
 
 
 async def test_recording_twice_keeps_one_row_and_only_a_dead_letter_becomes_handled(conn: asyncpg.Connection) -> None:
@@ -57,7 +90,7 @@ async def test_rows_written_in_a_rolled_back_transaction_do_not_exist(conn: asyn
         async with conn.transaction():
             await record(conn, "billing", [done(event_id)])
             raise RuntimeError("handler side effect failed")
-    assert set(await finished(conn, "billing", [event_id])) == set()
+    assert await ids_finished(conn, "billing", [event_id]) == set()
 
 
 async def test_purge_deletes_only_rows_older_than_the_age(conn: asyncpg.Connection) -> None:
@@ -69,7 +102,7 @@ async def test_purge_deletes_only_rows_older_than_the_age(conn: asyncpg.Connecti
                        uuid.UUID(recent))
     assert await purge(conn, timedelta(days=30), group="shipping") == 1
     assert await purge(conn, timedelta(days=30)) == 1
-    assert set(await finished(conn, "billing", [old, recent])) == {recent}
+    assert await ids_finished(conn, "billing", [old, recent]) == {recent}
 
 
 async def test_concurrent_migrations_apply_each_version_once(database: str) -> None:
@@ -133,3 +166,35 @@ async def test_two_racing_claims_of_one_event_let_exactly_one_transaction_win(da
     finally:
         await first.close()
         await second.close()
+
+
+async def test_migration_3_upgrades_a_table_with_rows_while_several_migrate_at_once(database: str) -> None:
+    """A version-2 table with rows upgrades to (source, id) keys with three concurrent migrators; old rows still dedupe."""
+    setup = await asyncpg.connect(database)
+    try:
+        await setup.execute("DROP TABLE processed_events; DELETE FROM eventq_schema_migrations")
+        for version, ddl in MIGRATIONS[:2]:
+            assert isinstance(ddl, str)
+            await setup.execute(ddl)
+            await setup.execute("INSERT INTO eventq_schema_migrations (version) VALUES ($1)", version)
+        old = [new_event_id() for _ in range(2000)]
+        await setup.execute(
+            "INSERT INTO processed_events (consumer_group, event_id, topic, partition, \"offset\", outcome) "
+            "SELECT 'billing', unnest($1::uuid[]), 'orders', 0, 0, 'handled'", old,
+        )
+    finally:
+        await setup.close()
+    conns = [await asyncpg.connect(database) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(migrate(c) for c in conns))
+        assert sorted(results) == [[], [], [3]]
+        assert await ids_finished(conns[0], "billing", old[:10], source="anyone") == set(old[:10])
+        fresh = new_event_id()
+        await record(conns[0], "billing", [done(fresh, source="a"), done(fresh, source="b")])
+        key = await conns[0].fetchval(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'processed_events_pkey'"
+        )
+        assert key == "PRIMARY KEY (event_id, consumer_group, source)"
+    finally:
+        for c in conns:
+            await c.close()
