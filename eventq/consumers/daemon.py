@@ -40,16 +40,17 @@ from opentelemetry.trace import Span
 from eventq.consumers import store
 from eventq.consumers.app import App
 from eventq.consumers.committer import Committer, Recorder
-from eventq.consumers.deadletter import TRACEPARENT, DeadLetterSink, dead_letter_headers
+from eventq.consumers.deadletter import HEADROOM_BYTES, TRACEPARENT, DeadLetterSink, dead_letter_headers
 from eventq.consumers.health import HealthServer, Status, with_database
 from eventq.consumers.hooks import Hooks
 from eventq.consumers.processor import Processor
-from eventq.consumers.retrytopics import retry_topic
+from eventq.consumers.retrytopics import origin_of, retry_topic
 from eventq.consumers.settings import ConsumerSettings
 from eventq.consumers.slices import Interrupt, Item, SliceResult, decode_items
 from eventq.database import answers
 from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
-from eventq.kafka import create_topics, topic_shapes
+from eventq.kafka import consumer as kafka_consumer
+from eventq.kafka import create_topics, max_message_bytes, topic_shapes
 from eventq.producers.producer import Producer
 from eventq.producers.settings import ProducerSettings
 from eventq.schemas.registry import SchemaRegistry
@@ -117,6 +118,7 @@ class Consumer:
         self._recorder: Recorder | None = None
         self._retry_topics: frozenset[str] = frozenset()
         self._first_fetched: dict[TopicPartition, int] = {}  # per partition, since assigned (for the lag)
+        self._markers_checked = 0.0  # when _commit_past_markers last looked
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -191,8 +193,8 @@ class Consumer:
 
     async def _start_kafka(self) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            **s.kafka.client_kwargs(),
+        consumer = kafka_consumer(
+            s.kafka,
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset=s.auto_offset_reset,
@@ -238,15 +240,26 @@ class Consumer:
                 f"{' '.join(missing_derived)}) or allow EVENTQ_CREATE_TOPICS"
             )
         shapes = await topic_shapes(s.kafka, set(derived.values())) if missing_derived else {}
+        limits = await max_message_bytes(s.kafka, [*self.topics, *derived])
         for name in missing_derived:
             # The source's shape: as many partitions, and as many replicas (so a dead-letter
-            # topic is not the one topic lost with a single broker).
+            # topic is not the one topic lost with a single broker); and room for any
+            # source record plus eventq's headers, so every letter fits.
             partitions, replication = shapes.get(derived[name], (1, 1))
+            config = {}
+            if derived[name] in limits:
+                config["max.message.bytes"] = str(limits[derived[name]] + HEADROOM_BYTES)
             try:
-                await create_topics(s.kafka, [name], partitions=partitions, replication_factor=replication)
+                await create_topics(
+                    s.kafka, [name], partitions=partitions, replication_factor=replication, config=config
+                )
             except EventqError as exc:
                 raise ConsumerError(f"cannot create topic {name!r}: {exc}") from exc
-            log.info("consumer.topic_created", topic=name, partitions=partitions, replication_factor=replication)
+            log.info("consumer.topic_created", topic=name, partitions=partitions, replication_factor=replication,
+                     **config)
+        self._sink.limits = await max_message_bytes(s.kafka, derived) if missing_derived else {
+            name: limit for name, limit in limits.items() if name in derived
+        }
         self._retry_topics = frozenset(retry_names)
         await self._sink.start()
         await self._producer.start()
@@ -365,11 +378,14 @@ class Consumer:
                 # the last finished record is committed, so they are redelivered.)
                 self._dispatch(records)
                 continue
+            if not records and not self._stopping.is_set():
+                await self._commit_past_markers(consumer)
             if until_idle and not self._slices:
                 now = asyncio.get_running_loop().time()
                 if assigned:
                     unassigned_since = now
                     if await self._caught_up(consumer, assigned):
+                        await self._commit_past_markers(consumer, force=True)
                         log.info("consumer.idle", group=self.group)
                         return
                 elif now - unassigned_since > 2 * s.session_timeout_s:
@@ -398,6 +414,37 @@ class Consumer:
             if stray and not self._stopping.is_set():
                 self._dispatch(stray)
 
+    async def _commit_past_markers(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> None:
+        """Offer the position of idle partitions whose position passed what was committed.
+
+        A partition's position moves past records the daemon never sees — the
+        transaction markers ``eventq dlq replay`` leaves, aborted records — without a
+        record to commit after them, so the committed offset would stay one below the
+        log end for good (lag 1 in every lag-based tool). An idle partition (no slice in
+        flight) has finished every record before its position, so committing the position
+        commits nothing unfinished. Checked at most once a second.
+        """
+        now = time.monotonic()
+        if (now < self._markers_checked + 1.0 and not force) or self._committer is None:
+            return
+        self._markers_checked = now
+        committer = self._committer
+        for tp in consumer.assignment():
+            if tp in self._slices:
+                continue
+            try:
+                position = await consumer.position(tp)
+                done = committer.committed.get(tp)
+                if done is None:
+                    committed = await consumer.committed(tp)
+                    if committed is None:
+                        continue
+                    done = committer.committed[tp] = committed
+            except (ke.KafkaError, ke.IllegalStateError, AssertionError):  # revoked meanwhile
+                continue
+            if position > done and tp not in self._slices and tp in consumer.assignment():
+                committer.offer(tp, position)
+
     async def _caught_up(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> bool:
         try:
             ends = await consumer.end_offsets(list(assigned))
@@ -410,7 +457,7 @@ class Consumer:
 
     def _dispatch(self, records: Mapping[TopicPartition, list[Any]]) -> None:
         slices: dict[TopicPartition, list[Item]] = {}
-        ids: list[str] = []
+        ids: list[store.Identity] = []
         for tp, batch in records.items():
             if tp in self._slices:  # cannot happen by construction; never process a partition twice at once
                 assert self._consumer is not None
@@ -419,21 +466,23 @@ class Consumer:
             self._first_fetched.setdefault(tp, batch[0].offset)
             items = decode_items(batch, self.app, self.registry, self._producer.settings.max_event_bytes)
             slices[tp] = items
-            ids.extend(item.event.id for item in items if item.event is not None)
+            ids.extend((item.event.id, item.event.source) for item in items if item.event is not None)
         seen = asyncio.create_task(self._dedupe(ids))
         for tp, items in slices.items():
             self._interrupts[tp] = Interrupt()
             self._slices[tp] = asyncio.create_task(self._slice(tp, items, seen), name=f"eventq-slice-{tp}")
         log.debug("consumer.batch_fetched", records=sum(len(v) for v in slices.values()), partitions=len(slices))
 
-    async def _dedupe(self, ids: list[str]) -> dict[str, str]:
+    async def _dedupe(self, ids: list[store.Identity]) -> dict[store.Identity, str]:
         return await with_database(  # type: ignore[no-any-return]
             self.status, lambda: store.finished(self._pool, self.group, ids)
         )
 
     # -- one partition's slice -------------------------------------------------------
 
-    async def _slice(self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[dict[str, str]]) -> None:
+    async def _slice(
+        self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[dict[store.Identity, str]]
+    ) -> None:
         started = time.perf_counter()
         traced = trace.use_span(self._process_span(tp, items), end_on_exit=True) if self._tracing.enabled else None
         result: SliceResult | None = None
@@ -460,7 +509,7 @@ class Consumer:
         return self._tracing.process(tp.topic, tp.partition, self.group, creations)
 
     async def _run_slice(
-        self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[dict[str, str]]
+        self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[dict[store.Identity, str]]
     ) -> SliceResult | None:
         """Process, dead-letter, record, offer the commit; the result, or None if the slice failed (rewound)."""
         assert self._processor is not None
@@ -517,10 +566,12 @@ class Consumer:
 
     async def _send_dead_letters(self, result: SliceResult) -> None:
         """Publish the slice's dead letters and retry records; retry until the broker acknowledges all."""
-        records = []
+        letters = []
         spans = []
         for letter in result.letters:
-            topic = self.settings.dead_letter_topic_for(letter.topic)
+            # (A letter from a retry topic that names no source goes to its source's topic.)
+            source = origin_of(letter.topic) if letter.topic in self._retry_topics else None
+            topic = self.settings.dead_letter_topic_for(source or letter.topic)
             headers = dead_letter_headers(letter)
             if letter.span is not None and self._tracing.enabled:
                 span = self._tracing.dead_letter(topic, letter.span, letter.failure.reason)
@@ -528,12 +579,11 @@ class Consumer:
                 if traceparent is not None:
                     headers.append((TRACEPARENT, traceparent.encode()))
                 spans.append(span)
-            records.append((topic, letter.key, letter.value, headers))
-        records.extend(result.handoffs)
+            letters.append((topic, letter.key, letter.value, headers))
         try:
             while True:
                 try:
-                    await self._sink.send(records)
+                    await self._sink.send(letters, result.handoffs)
                 except EventqError as exc:
                     for span in spans:
                         span.add_event("send_failed", {tr.ERROR_TYPE: type(exc).__qualname__})

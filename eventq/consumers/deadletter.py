@@ -10,17 +10,28 @@ A dead-letter record keeps the original key, value and headers byte for byte (an
 ``eventq-dlt-timestamp``    source record timestamp (ms since the epoch)
 ``eventq-dlt-group``        consumer group
 ``eventq-dlt-handler``      handler (module.qualname), empty if none ran
-``eventq-dlt-reason``       ``exhausted`` | ``rejected`` | ``invalid`` | ``unknown-type``
+``eventq-dlt-reason``       ``exhausted`` | ``rejected`` | ``invalid`` | ``unknown-type`` |
+                            ``undecodable`` (the Kafka client could not read it whole)
 ``eventq-dlt-attempts``     handler attempts made (0 if none ran)
 ``eventq-dlt-first-failure`` RFC 3339 time of the first failure
 ``eventq-dlt-last-failure`` RFC 3339 time of the last failure
 ``eventq-dlt-error-type``   exception class, module-qualified
 ``eventq-dlt-error-message`` its message (at most 2,000 bytes)
 ``eventq-dlt-stacktrace``   its traceback, innermost part (at most 8,000 bytes)
+``eventq-dlt-omitted``      only on a letter that did not fit its topic: what was left
+                            out (``stacktrace``, ``error-message``, ``value``, ``headers``,
+                            ``key``, in that order), and ``eventq-dlt-original-bytes``
+                            the size of the record it would have been
 ``eventq-dlt-traceparent``  W3C context of the dead letter's ``send`` span (only
                             with tracing on): ``eventq dlq replay`` continues the
                             event's trace from it
 ==========================  ==================================================
+
+A letter always fits: the daemon creates dead-letter topics with the source topic's
+``max.message.bytes`` plus :data:`HEADROOM_BYTES`, and a letter that is still too large
+for its topic (an older, smaller dead-letter topic; a broker limit) is sent again
+without what does not fit (:func:`fitted`), never retried as it is. The source record
+keeps the whole original for as long as the source topic retains it.
 
 The record goes to the dead-letter topic with its original key (so dead letters of
 one key stay in order) and the time of dead-lettering as its timestamp. See
@@ -36,11 +47,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as ke
 from opentelemetry.trace import SpanContext
 
 from eventq.config import KafkaSettings
-from eventq.errors import PublishTimeout
+from eventq.errors import EventqError, MessageTooLarge, PublishTimeout
 from eventq.kafka import stop_producer, translate
+from eventq.kafkarecords import printable
+
+Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 
 PREFIX = "eventq-dlt-"
 MAX_MESSAGE_BYTES = 2_000
@@ -59,6 +74,16 @@ REASON_EXHAUSTED = "exhausted"
 REASON_REJECTED = "rejected"
 REASON_INVALID = "invalid"
 REASON_UNKNOWN_TYPE = "unknown-type"
+REASON_UNDECODABLE = "undecodable"
+
+OMITTED = PREFIX + "omitted"
+ORIGINAL_BYTES = PREFIX + "original-bytes"
+# Room for eventq's own headers on top of a source record (the error message and the
+# stack trace are bounded above; topic, group and handler names are short).
+HEADROOM_BYTES = 64 * 1024
+_RECORD_OVERHEAD = 128  # a v2 batch with one record: batch header, varints, attributes
+_HEADER_OVERHEAD = 10
+_SHORT_MESSAGE_BYTES = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +155,13 @@ def _time(value: datetime | None) -> bytes:
 
 
 def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    """The original headers (earlier ``eventq-dlt-*`` ones dropped) plus this failure's."""
+    """The original headers (earlier ``eventq-dlt-*`` ones dropped) plus this failure's.
+
+    A header name that was not UTF-8 on the wire is written with U+FFFD in place of its
+    undecodable bytes (Kafka clients can only write text names).
+    """
     f = letter.failure
-    headers = [(name, value) for name, value in letter.headers if not name.startswith(PREFIX)]
+    headers = [(printable(name), value) for name, value in letter.headers if not name.startswith(PREFIX)]
     headers += [
         (PREFIX + "topic", letter.topic.encode()),
         (PREFIX + "partition", str(letter.partition).encode()),
@@ -151,6 +180,55 @@ def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
     return headers
 
 
+def record_bytes(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]) -> int:
+    """About what a record occupies in a one-record batch (what ``max.message.bytes`` limits)."""
+    return (
+        _RECORD_OVERHEAD + (len(key) if key else 0) + (len(value) if value else 0)
+        + sum(len(n) + (len(v) if v else 0) + _HEADER_OVERHEAD for n, v in headers)
+    )
+
+
+# What a letter that does not fit leaves out, step by step.
+_STEPS = (
+    (), ("stacktrace", "error-message"), ("stacktrace", "error-message", "value"),
+    ("stacktrace", "error-message", "value", "headers", "key"),
+)
+LAST_STEP = len(_STEPS) - 1
+
+
+def shrunk(record: Record, step: int) -> Record:
+    """``record`` (a dead letter) without what step ``step`` leaves out (0: unchanged)."""
+    if step == 0:
+        return record
+    topic, key, value, headers = record
+    left_out = _STEPS[step]
+    size = record_bytes(key, value, headers)
+    kept: list[tuple[str, bytes]] = []
+    for name, raw in headers:
+        if name == PREFIX + "stacktrace":
+            continue
+        if name == PREFIX + "error-message":
+            raw = _clip(raw.decode("utf-8", "replace"), _SHORT_MESSAGE_BYTES)
+        elif "headers" in left_out and not name.startswith(PREFIX):
+            continue
+        if name not in (OMITTED, ORIGINAL_BYTES):
+            kept.append((name, raw))
+    kept += [(OMITTED, ",".join(left_out).encode()), (ORIGINAL_BYTES, str(size).encode())]
+    return (
+        topic, None if "key" in left_out else key, None if "value" in left_out else value, kept,
+    )
+
+
+def fitted(record: Record, limit: int | None, step: int = 0) -> tuple[Record, int]:
+    """The first version of a dead letter, from ``step`` on, that fits ``limit`` bytes; and its step."""
+    while step < LAST_STEP:
+        candidate = shrunk(record, step)
+        if limit is None or record_bytes(candidate[1], candidate[2], candidate[3]) <= limit:
+            return candidate, step
+        step += 1
+    return shrunk(record, LAST_STEP), LAST_STEP
+
+
 class DeadLetterSink:
     """Publishes dead letters (and retry records) with an idempotent ``acks=all`` producer.
 
@@ -163,6 +241,7 @@ class DeadLetterSink:
         self._kafka = kafka
         self._timeout_s = timeout_s
         self._aio: AIOKafkaProducer | None = None
+        self.limits: dict[str, int] = {}  # dead-letter topic -> its max.message.bytes, where known
 
     async def start(self) -> None:
         """Connect; raises BrokerUnavailable if no broker answers."""
@@ -186,21 +265,58 @@ class DeadLetterSink:
         if aio is not None:
             await stop_producer(aio, self._timeout_s)
 
-    async def send(self, records: Sequence[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
-        """Publish ``(topic, key, value, headers)`` records; return once all are acknowledged."""
+    async def send(self, letters: Sequence[Record], others: Sequence[Record] = ()) -> None:
+        """Publish dead letters and other records (retry hand-offs); return once all are acknowledged.
+
+        A dead letter larger than its topic's known limit (:attr:`limits`), or refused by
+        the broker as too large, is sent again in a smaller version (:func:`fitted`):
+        a permanent error is never retried as it is.
+        """
         if self._aio is None:
             raise RuntimeError("DeadLetterSink is not started")
-        if not records:
-            return
+        # (the record as it would be whole, the step it is sent at; None: not a letter)
+        todo: list[tuple[Record, int | None]] = [
+            (record, fitted(record, self.limits.get(record[0]))[1]) for record in letters
+        ]
+        todo += [(record, None) for record in others]
+        while todo:
+            failed = await self._send_once(todo)
+            todo = []
+            for (record, step), error in failed:
+                if isinstance(error, MessageTooLarge) and step is not None and step < LAST_STEP:
+                    todo.append((record, step + 1))
+                    continue
+                raise error
+
+    async def _send_once(
+        self, records: list[tuple[Record, int | None]]
+    ) -> list[tuple[tuple[Record, int | None], EventqError]]:
+        assert self._aio is not None
         aio = self._aio
         topic = ""
+        futures = []
         try:
-            futures = []
-            for topic, key, value, headers in records:
-                futures.append(await aio.send(topic, value, key=key, headers=headers))
+            for entry in records:
+                record, step = entry
+                topic, key, value, headers = shrunk(record, step) if step else record
+                try:
+                    futures.append((entry, await aio.send(topic, value, key=key, headers=headers)))
+                except (ke.MessageSizeTooLargeError, ke.RecordTooLargeError) as exc:
+                    futures.append((entry, _failed(exc)))
             async with asyncio.timeout(self._timeout_s):
-                await asyncio.gather(*futures)
+                results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
         except TimeoutError as exc:
             raise PublishTimeout(topic, f"not acknowledged within {self._timeout_s} s") from exc
         except Exception as exc:
             raise translate(exc, topic=topic, settings=self._kafka) from exc
+        return [
+            (entry, translate(result, topic=entry[0][0], settings=self._kafka))
+            for (entry, _), result in zip(futures, results, strict=True)
+            if isinstance(result, Exception)
+        ]
+
+
+def _failed(exc: Exception) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future

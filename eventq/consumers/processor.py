@@ -40,6 +40,7 @@ from eventq.consumers.deadletter import (
     REASON_EXHAUSTED,
     REASON_INVALID,
     REASON_REJECTED,
+    REASON_UNDECODABLE,
     REASON_UNKNOWN_TYPE,
     DeadLetter,
     Failure,
@@ -48,11 +49,11 @@ from eventq.consumers.health import Status
 from eventq.consumers.settings import ConsumerSettings
 from eventq.consumers.slices import Interrupt, Item, SliceResult, is_replayed
 from eventq.database import answers, is_outage
-from eventq.errors import EventqError, Reject, RetryLater, UnknownEventType
+from eventq.errors import EventqError, InvalidEvent, Reject, RetryLater, UndecodableRecord, UnknownEventType
 from eventq.producers.producer import Producer
 from eventq.schemas.correlation import caused_by, enter_cause, exit_cause
 from eventq.telemetry import tracing as tr
-from eventq.telemetry.logs import enter_work, exit_work
+from eventq.telemetry.logs import bounded, enter_work, exit_work
 
 log = structlog.get_logger("eventq.consumer")
 
@@ -99,12 +100,12 @@ class Processor:
     async def run(
         self,
         items: Sequence[Item],
-        seen: Mapping[str, str] | AbstractSet[str],
+        seen: Mapping[store.Identity, str] | AbstractSet[store.Identity],
         interrupt: Interrupt | None = None,
     ) -> SliceResult:
         """Process one partition's records (offset order); see the module docstring.
 
-        ``seen`` maps the ids the group already finished to their outcome: those events
+        ``seen`` maps the (id, source) of events the group already finished to their outcome: those events
         are skipped, except a replayed dead letter whose row says ``dead_lettered``. If
         ``interrupt`` is set, no further handler starts; ``next_offset`` of the result
         then points at the first unfinished record.
@@ -116,28 +117,40 @@ class Processor:
             # The caller's active span is the slice's ``process`` span.
             result.span = trace.get_current_span().get_span_context()
         todo: list[Item] = []
-        in_slice: set[str] = set()
+        in_slice: set[store.Identity] = set()
         stop = interrupt or Interrupt()
         for item in items:
             event = item.event
-            outcome = seen.get(event.id) if event is not None else None
-            if event is not None and (
+            if item.invalid is None and item.record.topic in self.retry_topics and (
+                retrytopics.parse(item.record.headers or (), topic=item.record.topic) is None
+            ):
+                # Only eventq writes retry topics; a record there without a sound retry state
+                # (forged, or from another producer) is bad input, not an event to retry.
+                item.invalid = InvalidEvent(
+                    f"record in retry topic {item.record.topic} has no valid eventq-retry-* headers"
+                )
+            identity = (event.id, event.source) if event is not None else None
+            outcome = seen.get(identity) if identity is not None else None
+            if identity is not None and (
                 (outcome is not None and not (outcome == "dead_lettered" and is_replayed(item.record)))
-                or event.id in in_slice
+                or identity in in_slice
             ):
                 result.duplicates += 1
                 item.done = True
                 if result.span is not None:
                     self._handle_span(item, result).end()
-            elif event is None or item.invalid is not None:
-                if event is not None:
-                    in_slice.add(event.id)
+            elif identity is None or item.invalid is not None:
+                if identity is not None:
+                    in_slice.add(identity)
                 span = self._handle_span(item, result) if result.span is not None and event is not None else None
-                failure = Failure.from_exception(REASON_INVALID, item.invalid or EventqError())
+                invalid = item.invalid or EventqError()
+                reason = REASON_UNDECODABLE if isinstance(invalid, UndecodableRecord) else REASON_INVALID
+                failure = Failure.from_exception(reason, invalid)
                 self._dead_letter(result, item, failure, span=span, end=True)
                 item.done = True
             else:
-                in_slice.add(event.id)
+                assert identity is not None
+                in_slice.add(identity)
                 if item.handler is None:
                     span = self._handle_span(item, result) if result.span is not None else None
                     self._unknown(result, item, span)
@@ -214,7 +227,9 @@ class Processor:
                     if span is not None:
                         tr.set_outcome(span, tr.HANDLED, 1)
                         span.end()
-                    result.rows.append(store.Processed(event.id, record.topic, record.partition, record.offset))
+                    result.rows.append(
+                        store.Processed(event.id, record.topic, record.partition, record.offset, source=event.source)
+                    )
                     result.handled += 1
                     item.done = True
                 i += 1
@@ -262,7 +277,9 @@ class Processor:
         first_failure: datetime | None = None
         attempt = 1
         pending_error = first_error
-        state = retrytopics.parse(record.headers or ()) if record.topic in self.retry_topics else None
+        state = (
+            retrytopics.parse(record.headers or (), topic=record.topic) if record.topic in self.retry_topics else None
+        )
         if state is not None:
             if await stop.sleep(state.seconds_until_due()):
                 return False
@@ -319,9 +336,10 @@ class Processor:
                     return True
                 span.add_event("retry_scheduled", tr.retry_attributes(attempt, delay, error))
                 log.warning(
-                    "event.retry_scheduled", event_id=event.id, event_type=event.type, topic=record.topic,
-                    partition=record.partition, offset=record.offset, handler=handler.name, attempt=attempt,
-                    max_attempts=limit, delay_s=round(delay, 3), error_type=type(error).__name__, error=str(error),
+                    "event.retry_scheduled", event_id=bounded(event.id), event_type=bounded(event.type),
+                    topic=record.topic, partition=record.partition, offset=record.offset, handler=handler.name,
+                    attempt=attempt, max_attempts=limit, delay_s=round(delay, 3), error_type=type(error).__name__,
+                    error=bounded(str(error), 1000),
                 )
                 if await stop.sleep(delay):
                     return False
@@ -331,9 +349,13 @@ class Processor:
             if handler.transactional:
                 self.status.database_up()
             elif state is not None:
-                result.rows.append(store.Processed(event.id, state.topic, state.partition, state.offset))
+                result.rows.append(
+                    store.Processed(event.id, state.topic, state.partition, state.offset, source=event.source)
+                )
             else:
-                result.rows.append(store.Processed(event.id, record.topic, record.partition, record.offset))
+                result.rows.append(
+                    store.Processed(event.id, record.topic, record.partition, record.offset, source=event.source)
+                )
             result.handled += 1
             return True
 
@@ -359,9 +381,9 @@ class Processor:
         target = retrytopics.retry_topic(origin.topic, attempts)
         result.handoffs.append((target, r.key, r.value, headers))
         log.warning(
-            "event.retry_handed_off", event_id=item.event.id if item.event else None, topic=origin.topic,
+            "event.retry_handed_off", event_id=bounded(item.event.id) if item.event else None, topic=origin.topic,
             partition=origin.partition, offset=origin.offset, retry_topic=target, attempt=attempts,
-            delay_s=round(delay, 3), error_type=type(error).__name__, error=str(error),
+            delay_s=round(delay, 3), error_type=type(error).__name__, error=bounded(str(error), 1000),
         )
         return target
 
@@ -384,7 +406,8 @@ class Processor:
             try:
                 await transaction.start()
                 claimed = await store.claim(
-                    conn, self.group, store.Processed(event.id, record.topic, record.partition, record.offset)
+                    conn, self.group,
+                    store.Processed(event.id, record.topic, record.partition, record.offset, source=event.source),
                 )
             except Exception as exc:
                 raise _DatabaseStep(exc) from exc
@@ -458,7 +481,7 @@ class Processor:
                 span = spans.get(event.id)
                 if error is None:
                     r = item.record
-                    result.rows.append(store.Processed(event.id, r.topic, r.partition, r.offset))
+                    result.rows.append(store.Processed(event.id, r.topic, r.partition, r.offset, source=event.source))
                     result.handled += 1
                     item.done = True
                     if span is not None:
@@ -511,8 +534,9 @@ class Processor:
         assert event is not None
         r = item.record
         if self.settings.on_unknown_type == "skip":
-            result.rows.append(store.Processed(event.id, r.topic, r.partition, r.offset, "skipped"))
-            log.info("event.unknown_type_skipped", event_id=event.id, event_type=event.type, topic=r.topic,
+            result.rows.append(store.Processed(event.id, r.topic, r.partition, r.offset, "skipped", event.source))
+            log.info("event.unknown_type_skipped", event_id=bounded(event.id), event_type=bounded(event.type),
+                     topic=r.topic,
                      partition=r.partition, offset=r.offset)
             if span is not None:
                 tr.set_outcome(span, tr.SKIPPED)
@@ -576,11 +600,13 @@ class Processor:
         event = item.event
         if event is not None:
             # The row is written only after the broker acknowledged the dead letter.
-            result.rows.append(store.Processed(event.id, topic, partition, offset, "dead_lettered"))
+            result.rows.append(store.Processed(event.id, topic, partition, offset, "dead_lettered", event.source))
         log.error(
             "event.dead_lettered", topic=topic, partition=partition, offset=offset,
-            event_id=event.id if event is not None else None, event_type=event.type if event is not None else None,
-            reason=failure.reason, error_type=failure.error_type, error=failure.message, attempts=failure.attempts,
+            event_id=bounded(event.id) if event is not None else None,
+            event_type=bounded(event.type) if event is not None else None,
+            reason=failure.reason, error_type=failure.error_type, error=bounded(failure.message, 1000),
+            attempts=failure.attempts,
         )
 
 

@@ -29,6 +29,7 @@ the commit), a retry topic, ``processed_events`` or the dead-letter topic.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,21 +59,56 @@ class RetryState:
         return max(0.0, self.due_ms / 1000 - time.time())
 
 
-def parse(headers: Sequence[tuple[str, bytes]]) -> RetryState | None:
-    """The retry state carried by a record's headers, or None if it has none (or a broken one)."""
+_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")  # what Kafka allows in a topic name
+_INT32 = 2**31 - 1
+_INT64 = 2**63 - 1
+
+
+def origin_of(retry: str) -> str | None:
+    """The source topic a retry topic serves (``orders.retry.2`` → ``orders``), or None."""
+    origin, sep, level = retry.rpartition(".retry.")
+    return origin if sep and level.isdigit() else None
+
+
+def parse(headers: Sequence[tuple[str, bytes | None]], *, topic: str | None = None) -> RetryState | None:
+    """The retry state carried by a record's headers, or None if it has none or a broken one.
+
+    Headers come from outside like any record's: every field must be in range (a partition
+    an int32, offsets and times an int64, a Kafka topic name), and when ``topic`` (the retry
+    topic the record was read from) is given, the state must name that retry topic's source.
+    """
     values = {name[len(PREFIX):]: raw for name, raw in headers if name.startswith(PREFIX)}
     try:
-        return RetryState(
-            topic=values["topic"].decode(),
-            partition=int(values["partition"]),
-            offset=int(values["offset"]),
-            timestamp=int(values["timestamp"]),
-            attempts=int(values["attempts"]),
-            due_ms=int(values["due"]),
-            first_failure=datetime.fromisoformat(values["first-failure"].decode()),
+        state = RetryState(
+            topic=_field(values, "topic").decode(),
+            partition=_bounded(values, "partition", _INT32),
+            offset=_bounded(values, "offset", _INT64),
+            timestamp=int(_field(values, "timestamp")),
+            attempts=_bounded(values, "attempts", 1000),
+            due_ms=_bounded(values, "due", _INT64),
+            first_failure=datetime.fromisoformat(_field(values, "first-failure").decode()[:64]),
         )
-    except (KeyError, ValueError, UnicodeDecodeError):
+    except (KeyError, ValueError, UnicodeDecodeError, OverflowError):
         return None
+    if not _TOPIC.fullmatch(state.topic) or abs(state.timestamp) > _INT64 or state.first_failure.tzinfo is None:
+        return None
+    if topic is not None and origin_of(topic) != state.topic:
+        return None
+    return state
+
+
+def _field(values: dict[str, bytes | None], name: str) -> bytes:
+    raw = values[name]
+    if raw is None or len(raw) > 64 and name != "topic":
+        raise ValueError(name)
+    return raw
+
+
+def _bounded(values: dict[str, bytes | None], name: str, top: int) -> int:
+    number = int(_field(values, name))
+    if not 0 <= number <= top:
+        raise ValueError(name)
+    return number
 
 
 def original_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
