@@ -12,22 +12,44 @@ A handler is a plain ``async def``::
     async def on_paid(events: list[Event], ctx: BatchContext) -> dict[str, BaseException] | None:
         ...  # return None if all succeeded, or {event_id: exception} for those that failed
 
+Any non-empty CloudEvents type can be handled. A versioned type (``order.created.v1``)
+is validated by its ``<type>.json`` schema file when there is one, as always. A type
+without a version (``com.example.order.created``) must say how it is validated: by a
+schema file in one of ``App(schemas=[...])``, by a JSON Schema given at registration,
+or by none, on purpose::
+
+    @app.handler("com.example.order.created", schema={"type": "object", "required": ["id"]})
+    @app.handler("com.example.order.shipped", schema=None)   # any payload
+
+The daemon hands these to the registry (``SchemaRegistry.load(..., inline=app.inline_schemas)``).
+
 Mistakes fail when the module is imported, with a message saying what to do: a
 function that is not ``async def``, an event type registered twice, an option that
-does not exist, a type name that is not versioned.
+does not exist, an empty type name, an unversioned type that says nothing about its
+schema, a schema that is not a valid JSON Schema.
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-from eventq.errors import RegistrationError
-from eventq.schemas.registry import TYPE_PATTERN
+from eventq.errors import ConfigError, RegistrationError
+from eventq.schemas.registry import compile_schema, has_schema_file, is_versioned
 
 HandlerFunc = Callable[..., Awaitable[Any]]
+Schema = Mapping[str, Any]
+
+
+class _Default(enum.Enum):
+    SCHEMA_FILE = enum.auto()
+
+
+# ``schema=`` left out: the type's schema file, if any (required for an unversioned type).
+SCHEMA_FILE: Final = _Default.SCHEMA_FILE
 
 _OPTIONS = ("transactional", "max_attempts", "retry_topics")
 _BATCH_OPTIONS = ("max_attempts",)
@@ -62,9 +84,16 @@ class App:
         self.topics = tuple(topics)
         self.schemas = tuple(schemas)
         self._routes: dict[str, Handler] = {}
+        self._inline: dict[str, Schema | None] = {}
 
-    def handler(self, *types: str, **options: Any) -> Callable[[HandlerFunc], HandlerFunc]:
+    def handler(
+        self, *types: str, schema: Schema | None | _Default = SCHEMA_FILE, **options: Any
+    ) -> Callable[[HandlerFunc], HandlerFunc]:
         """Register ``async def handle(event, ctx)`` for ``types``.
+
+        ``schema`` validates the payloads of ``types``: a JSON Schema dict, or None for
+        none on purpose. Left out, a type's ``<type>.json`` file validates it (a type
+        without a version suffix must then have one in ``App(schemas=[...])``).
 
         Options: ``transactional=True`` gives the handler ``ctx.db``, a connection inside a
         transaction that also writes the event's ``processed_events`` row, so changes made
@@ -73,17 +102,19 @@ class App:
         holding the partition (for handlers that do not need order, see
         :mod:`eventq.consumers.retrytopics`).
         """
-        return self._register(types, options, batch=False)
+        return self._register(types, options, schema, batch=False)
 
-    def batch_handler(self, *types: str, **options: Any) -> Callable[[HandlerFunc], HandlerFunc]:
+    def batch_handler(
+        self, *types: str, schema: Schema | None | _Default = SCHEMA_FILE, **options: Any
+    ) -> Callable[[HandlerFunc], HandlerFunc]:
         """Register ``async def handle(events, ctx)`` for ``types``.
 
         It receives consecutive events of its types from one partition, in offset order,
         and returns None (all succeeded) or ``{event_id: exception}`` for the events that
-        failed; raising fails them all. Failed events are retried on their own. Option:
-        ``max_attempts``.
+        failed; raising fails them all. Failed events are retried on their own. Options:
+        ``schema`` (as for :meth:`handler`), ``max_attempts``.
         """
-        return self._register(types, options, batch=True)
+        return self._register(types, options, schema, batch=True)
 
     def route(self, event_type: str) -> Handler | None:
         """The handler for ``event_type``, or None."""
@@ -94,8 +125,16 @@ class App:
         """Event type → handler (read-only view)."""
         return dict(self._routes)
 
+    @property
+    def inline_schemas(self) -> Mapping[str, Schema | None]:
+        """Event type → the ``schema=`` its handler was registered with (None: no validation on purpose).
+
+        Types registered without ``schema=`` are not in it; their schema files validate them.
+        """
+        return dict(self._inline)
+
     def _register(
-        self, types: tuple[str, ...], options: dict[str, Any], *, batch: bool
+        self, types: tuple[str, ...], options: dict[str, Any], schema: Schema | None | _Default, *, batch: bool
     ) -> Callable[[HandlerFunc], HandlerFunc]:
         kind = "batch_handler" if batch else "handler"
         if len(types) == 1 and callable(types[0]):
@@ -105,10 +144,27 @@ class App:
         if not types:
             raise RegistrationError(f"@app.{kind}() needs at least one event type, e.g. 'order.created.v1'")
         for event_type in types:
-            if not isinstance(event_type, str) or not TYPE_PATTERN.match(event_type):
+            if not isinstance(event_type, str) or not event_type:
                 raise RegistrationError(
-                    f"{event_type!r} is not a versioned event type; use e.g. 'order.created.v1'"
+                    f"{event_type!r} is not an event type; use a non-empty string, e.g. 'order.created.v1' "
+                    "or 'com.example.order.created'"
                 )
+        if schema is not SCHEMA_FILE and schema is not None:
+            for event_type in types:
+                try:
+                    compile_schema(event_type, schema)
+                except ConfigError as exc:
+                    raise RegistrationError(f"@app.{kind}({event_type!r}, schema=...): {exc}") from exc
+        elif schema is SCHEMA_FILE:
+            for event_type in types:
+                if not is_versioned(event_type) and not has_schema_file(self.schemas, event_type):
+                    raise RegistrationError(
+                        f"{event_type!r} is not a versioned type like 'order.created.v1' and has no schema file, "
+                        f"so say how its payload is validated: "
+                        f"@app.{kind}({event_type!r}, schema={{...a JSON Schema...}}), or schema=None "
+                        f"to accept any payload on purpose (or add '{event_type}.json' to a "
+                        "directory or package listed in App(schemas=[...]))"
+                    )
         allowed = _BATCH_OPTIONS if batch else _OPTIONS
         unknown = sorted(set(options) - set(allowed))
         if unknown:
@@ -150,6 +206,8 @@ class App:
             )
             for event_type in types:
                 self._routes[event_type] = handler
+                if schema is not SCHEMA_FILE:
+                    self._inline[event_type] = schema
             return func
 
         return register

@@ -95,7 +95,7 @@ class Consumer:
             )
         if not app.handlers:
             raise ConfigError(f"app {app.name!r} has no handlers; register one with @app.handler('type.v1')")
-        self.registry = SchemaRegistry.load(app.schemas + settings.schemas)
+        self.registry = SchemaRegistry.load(app.schemas + settings.schemas, inline=app.inline_schemas)
         self.hooks = hooks or Hooks()
         self.telemetry = telemetry = telemetry or Telemetry()
         self._tracing = tr.Tracing(telemetry.tracer_provider)

@@ -99,7 +99,9 @@ def decode_items(
             items.append(Item(record, None, problem, None))
             continue
         try:
-            event = decode(record.key, record.value, headers, max_event_bytes=max_event_bytes)
+            event = decode(
+                record.key, record.value, headers, max_event_bytes=max_event_bytes, timestamp_ms=record.timestamp
+            )
         except EventqError as exc:
             items.append(Item(record, None, exc, None))
             continue

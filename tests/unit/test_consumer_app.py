@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,14 +94,72 @@ def test_batch_handler_refuses_transactional() -> None:
     assert "known: max_attempts" in str(caught.value)
 
 
-@pytest.mark.parametrize("event_type", ["order.created", "Order.Created.v1", "order.created.V1", ""])
-def test_unversioned_type_is_refused(event_type: str) -> None:
-    """A type name that is not lower-case dotted words ending in .vN is refused with an example."""
+@pytest.mark.parametrize("event_type", ["", None, 42])
+def test_empty_or_non_string_type_is_refused(event_type: Any) -> None:
+    """An event type that is not a non-empty string is refused with examples of both forms."""
     app = App("billing")
     with pytest.raises(RegistrationError) as caught:
         app.handler(event_type)
-    assert f"{event_type!r} is not a versioned event type" in str(caught.value)
+    assert f"{event_type!r} is not an event type" in str(caught.value)
     assert "'order.created.v1'" in str(caught.value)
+    assert "'com.example.order.created'" in str(caught.value)
+
+
+@pytest.mark.parametrize("event_type", ["order.created", "com.example.order.created", "Order.Created.v1", "A234 x"])
+def test_unversioned_type_without_schema_is_refused_naming_both_options(event_type: str) -> None:
+    """An unversioned type with no schema= and no schema file fails at import, naming schema={...} and schema=None."""
+    app = App("billing")
+    with pytest.raises(RegistrationError) as caught:
+        app.handler(event_type)
+    message = str(caught.value)
+    assert f"{event_type!r} is not a versioned type like 'order.created.v1' and has no schema file" in message
+    assert f"@app.handler({event_type!r}, schema={{...a JSON Schema...}})" in message
+    assert "schema=None to accept any payload on purpose" in message
+    assert app.route(event_type) is None
+
+
+def test_unversioned_type_with_inline_schema_is_registered_and_handed_to_the_registry() -> None:
+    """A reverse-DNS type registered with schema={...} routes to its handler and lists the schema in inline_schemas."""
+    app = App("billing")
+    schema = {"type": "object", "required": ["order_id"]}
+    app.handler("com.example.order.created", schema=schema)(on_created)
+    assert app.route("com.example.order.created").func is on_created  # type: ignore[union-attr]
+    assert app.inline_schemas == {"com.example.order.created": schema}
+
+
+def test_schema_none_registers_a_type_unvalidated_on_purpose() -> None:
+    """schema=None registers an unversioned type (batch handlers too) and records None, meaning no validation."""
+    app = App("billing")
+    app.batch_handler("com.example.order.paid", "order.paid", schema=None)(on_paid_batch)
+    assert app.route("order.paid").batch  # type: ignore[union-attr]
+    assert app.inline_schemas == {"com.example.order.paid": None, "order.paid": None}
+
+
+def test_unversioned_type_with_a_schema_file_in_the_app_sources_needs_no_schema_option(tmp_path: Path) -> None:
+    """A `<type>.json` file in one of App(schemas=[...]) is enough for an unversioned type."""
+    (tmp_path / "com.example.order.created.json").write_text('{"type": "object"}')
+    app = App("billing", schemas=[str(tmp_path)])
+    app.handler("com.example.order.created")(on_created)
+    assert app.route("com.example.order.created") is not None
+    assert app.inline_schemas == {}
+
+
+def test_versioned_type_without_schema_option_works_as_before() -> None:
+    """A versioned type needs no schema= (its schema file validates it) and adds nothing to inline_schemas."""
+    app = App("billing")
+    app.handler("order.created.v1")(on_created)
+    assert app.route("order.created.v1") is not None
+    assert app.inline_schemas == {}
+
+
+def test_invalid_inline_schema_is_refused_at_registration() -> None:
+    """A schema= that fastjsonschema cannot compile, or that is not a dict, fails at import naming the type."""
+    app = App("billing")
+    with pytest.raises(RegistrationError, match=r"schema for 'com.example.x' is not a valid JSON Schema"):
+        app.handler("com.example.x", schema={"type": 12})
+    with pytest.raises(RegistrationError, match=r"must be a JSON Schema object \(a dict\), not 'object'"):
+        app.handler("com.example.x", schema="object")  # type: ignore[arg-type]
+    assert app.route("com.example.x") is None and app.inline_schemas == {}
 
 
 def test_decorator_without_parentheses_is_refused() -> None:

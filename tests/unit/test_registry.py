@@ -9,6 +9,7 @@ import pytest
 
 from eventq.errors import ConfigError, SchemaViolation, UnknownEventType
 from eventq.schemas import SchemaRegistry
+from eventq.schemas.registry import has_schema_file
 
 
 def write_schema(folder: Path, event_type: str, schema: object) -> None:
@@ -52,12 +53,60 @@ def test_type_declared_twice_is_refused(tmp_path: Path) -> None:
         SchemaRegistry.load([str(tmp_path)])
 
 
-@pytest.mark.parametrize("name", ["OrderCreated", "order.created", "order..created.v1", "order.created.V1"])
-def test_unversioned_or_malformed_type_names_are_refused(tmp_path: Path, name: str) -> None:
-    """Type names must be lower-case dotted words ending in .vN."""
-    write_schema(tmp_path, name, {"type": "object"})
-    with pytest.raises(ConfigError, match="not a versioned name"):
+@pytest.mark.parametrize("name", ["com.example.order.created", "OrderCreated", "order.created.V1"])
+def test_any_cloudevents_type_name_can_be_declared_by_a_file(tmp_path: Path, name: str) -> None:
+    """A schema file may declare any non-empty CloudEvents type, versioned or not."""
+    write_schema(tmp_path, name, {"type": "object", "required": ["id"]})
+    registry = SchemaRegistry.load([str(tmp_path)], builtin=False)
+    assert registry.types() == [name]
+    with pytest.raises(SchemaViolation):
+        registry.validate(name, {})
+
+
+def test_empty_type_name_is_refused(tmp_path: Path) -> None:
+    """A file named just `.json` declares no type and raises ConfigError."""
+    (tmp_path / ".json").write_text("{}")
+    with pytest.raises(ConfigError, match="is not a non-empty string"):
         SchemaRegistry.load([str(tmp_path)], builtin=False)
+
+
+def test_inline_schemas_are_compiled_and_validate_like_files() -> None:
+    """A schema given at registration (inline=) validates its type; a type mapped to None is left unvalidated."""
+    registry = SchemaRegistry.load(
+        inline={"com.example.order.created": {"type": "object", "required": ["order_id"]},
+                "com.example.order.shipped": None},
+    )
+    registry.validate("com.example.order.created", {"order_id": "o-1"})
+    with pytest.raises(SchemaViolation, match="order_id"):
+        registry.validate("com.example.order.created", {})
+    assert "com.example.order.shipped" not in registry
+    assert "eventq.ping.v1" in registry
+
+
+def test_invalid_inline_schema_is_a_config_error() -> None:
+    """An inline schema fastjsonschema cannot compile raises ConfigError naming the type."""
+    with pytest.raises(ConfigError, match="schema for 'com.example.x' is not a valid JSON Schema"):
+        SchemaRegistry.load(inline={"com.example.x": {"type": 12}})
+
+
+@pytest.mark.parametrize("inline_schema", [{"type": "object"}, None])
+def test_inline_declaration_of_a_type_with_a_schema_file_is_refused(
+    tmp_path: Path, inline_schema: dict[str, str] | None
+) -> None:
+    """A type declared both by a file and at registration (schema or None) raises ConfigError naming both."""
+    write_schema(tmp_path, "com.example.order.created", {"type": "object"})
+    with pytest.raises(ConfigError, match="'com.example.order.created' is declared twice: in its handler") as info:
+        SchemaRegistry.load([str(tmp_path)], inline={"com.example.order.created": inline_schema})
+    assert "com.example.order.created.json" in str(info.value)
+
+
+def test_has_schema_file_looks_in_directories_packages_and_builtin(tmp_path: Path) -> None:
+    """has_schema_file finds <type>.json in a directory, a package or eventq's own, and not elsewhere."""
+    write_schema(tmp_path, "com.example.order.created", {"type": "object"})
+    assert has_schema_file([str(tmp_path)], "com.example.order.created")
+    assert has_schema_file([], "eventq.ping.v1")
+    assert has_schema_file(["eventq.schemas.builtin"], "demo.order.paid.v1", builtin=False)
+    assert not has_schema_file([str(tmp_path), "no_such_package_xyz", "./no/such/dir"], "com.example.other")
 
 
 def test_broken_schema_files_are_reported_by_path(tmp_path: Path) -> None:
