@@ -17,8 +17,8 @@ import click
 
 from eventq.clikit import kafka_options, kafka_settings, run, telemetry_from_env
 from eventq.dlq.inspect import archive, dead_letter_topics, find, summarize
-from eventq.dlq.letters import Letter
-from eventq.dlq.replay import DEFAULT_MAX_REPLAYS, Filters, ReplayReport, replay
+from eventq.dlq.letters import Letter, clip, display_name
+from eventq.dlq.replay import DEFAULT_MAX_REPLAYS, MAX_RATE, MIN_RATE, Filters, ReplayReport, replay
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -42,7 +42,7 @@ def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 def parse_rate(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    """Click callback: letters per second, as N or N/s."""
+    """Click callback: letters per second, as N or N/s, from MIN_RATE to MAX_RATE."""
     if value is None:
         return None
     text = value.strip().removesuffix("/s")
@@ -50,8 +50,10 @@ def parse_rate(ctx: click.Context, param: click.Parameter, value: str | None) ->
         rate = float(text)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a rate; use letters per second, e.g. 50/s") from None
-    if not math.isfinite(rate) or rate <= 0:
-        raise click.BadParameter("the rate must be positive (and a number), e.g. 50/s")
+    if not (math.isfinite(rate) and MIN_RATE <= rate <= MAX_RATE):
+        raise click.BadParameter(
+            f"{value!r} is out of range: the rate must be positive, from {MIN_RATE:g}/s to {MAX_RATE:.0f}/s, e.g. 50/s"
+        )
     return rate
 
 
@@ -95,9 +97,14 @@ def list_command(topic: str | None, bootstrap_servers: str, as_json: bool) -> No
         if s.by_failure:
             click.echo(f"  {'count':>7}  {'error type':<40} handler")
             for (error_type, handler), n in s.by_failure.most_common():
-                click.echo(f"  {n:>7}  {error_type:<40} {handler}")
+                click.echo(f"  {n:>7}  {clip(error_type):<40} {clip(handler)}")
         if s.sources:
-            click.echo("  from: " + ", ".join(f"{t} ({n})" for t, n in s.sources.most_common()))
+            click.echo("  from: " + ", ".join(f"{clip(t)} ({n})" for t, n in s.sources.most_common()))
+        if s.problem_count:
+            more = f" (the first {len(s.problems)} listed)" if s.problem_count > len(s.problems) else ""
+            click.echo(f"  {s.problem_count} letters eventq cannot fully read{more}:")
+            for position, what in s.problems:
+                click.echo(f"    {position}: {what}")
 
 
 @dlq.command("show")
@@ -128,21 +135,36 @@ def show_command(
         _print_letter(letter)
 
 
+def _line(label: str, *parts: tuple[str, object]) -> None:
+    """One line of `dlq show`: each (format, value) part whose value the letter has; no line if none."""
+    present = [text.format(value) for text, value in parts if value is not None]
+    if present:
+        click.echo(f"  {label:<10} " + " ".join(present))
+
+
 def _print_letter(letter: Letter) -> None:
+    """A letter for reading: only what its dialect carries (absent fields are left out)."""
     view = letter.as_dict()
-    when = view["dead_lettered_at"]
-    click.echo(f"dead letter {letter.position}, dead-lettered {when} ({letter.dialect} headers)")
-    click.echo(f"  event      id={letter.event_id} type={letter.event_type} key={letter.key_text}")
-    click.echo(f"             correlation={letter.correlation_id}")
-    click.echo(f"  origin     {letter.source_topic} partition {letter.source_partition} offset "
-               f"{letter.source_offset}, consumer group {letter.group}")
-    click.echo(f"  failure    {letter.reason} after {letter.attempts} attempt(s) in {letter.handler}")
-    click.echo(f"             first {letter.first_failure}, last {letter.last_failure}")
-    click.echo(f"  error      {letter.error_type}: {letter.error_message}")
+    click.echo(f"dead letter {letter.position}, dead-lettered {letter.time_text} ({letter.dialect} headers)")
+    if letter.unreadable is not None:
+        click.echo(f"  unreadable {letter.unreadable}")
+    _line("event", ("id={}", letter.event_id), ("type={}", letter.event_type), ("key={}", letter.key_text),
+          ("correlation={}", letter.correlation_id))
+    _line("origin", ("{}", letter.source_topic), ("partition {}", letter.source_partition),
+          ("offset {}", letter.source_offset), ("consumer group {}", letter.group))
+    _line("failure", ("{}", letter.reason), ("after {} attempt(s)", letter.attempts), ("in {}", letter.handler))
+    _line("", ("first {}", letter.first_failure), ("last {}", letter.last_failure))
+    error = ": ".join(t for t in (letter.error_type, letter.error_message) if t is not None) or None
+    _line("error", ("{}", error), ("(cause {})", letter.cause_type))
     history = f" (from {', '.join(letter.replays)})" if letter.replays else ""
     click.echo(f"  replays    {letter.replay_count}{history}")
-    click.echo("  payload    " + json.dumps(view["payload"], default=str))
-    click.echo("  headers    " + ", ".join(n for n, _ in letter.headers))
+    if letter.value is not None:
+        click.echo("  payload    " + json.dumps(view["payload"], default=str))
+    if letter.headers:
+        click.echo("  headers    " + ", ".join(display_name(n) for n, _ in letter.headers))
+    for problem in letter.problems():
+        if not problem.startswith("unreadable"):
+            click.echo(f"  note       {problem}")
     if letter.stacktrace:
         click.echo("  stack trace:")
         for line in letter.stacktrace.rstrip().splitlines():
@@ -216,6 +238,9 @@ def _print_report(report: ReplayReport) -> None:
         click.echo(f"refused {position}: {why}")
     for position, why in report.failed:
         click.echo(f"failed  {position}: {why}")
+    for position, count in report.renamed:
+        click.echo(f"warning {position}: {count} header name(s) not UTF-8, "
+                   f"{'would be ' if report.dry_run else ''}replayed with U+FFFD in place of the bytes")
     if report.resumed and not report.dry_run:
         click.echo(f"resumed run {report.run} where it stopped (with the time window it started with)")
     click.echo(f"{report.topic}: {report.summary()}" + ("" if report.dry_run else f" [run {report.run}]"))

@@ -3,7 +3,8 @@
 Kafka cannot delete chosen records from a topic, only a partition's oldest records up
 to an offset. :func:`archive` therefore writes the oldest letters (optionally only
 those dead-lettered before a time) to a JSON-lines file, flushes it to disk, and only
-then, if asked, deletes exactly that prefix of each partition (docs/adr/0008).
+then, if asked, deletes exactly that prefix of each partition (docs/adr/0008). A letter
+eventq cannot read ends its partition's prefix: it is never deleted without a faithful copy.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from aiokafka import TopicPartition
 from aiokafka.admin import RecordsToDelete
 
 from eventq.config import KafkaSettings
-from eventq.dlq.letters import Letter, admin_client, scan
+from eventq.dlq.letters import Letter, admin_client, display_name, raw_name, scan
 from eventq.errors import ConsumerError
 
 DEAD_LETTER_SUFFIXES = (".dlt", "-dlt", ".DLT")  # eventq's default, Spring's since 3.3 and before
+PROBLEMS_KEPT = 20  # a summary lists this many letters with problems (and counts them all)
 
 
 @dataclass(slots=True)
@@ -39,12 +41,20 @@ class TopicSummary:
     by_failure: Counter[tuple[str, str]] = field(default_factory=Counter)  # (error type, handler) -> letters
     by_reason: Counter[str] = field(default_factory=Counter)
     sources: Counter[str] = field(default_factory=Counter)
+    problem_count: int = 0  # letters eventq cannot read (or show faithfully)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # the first PROBLEMS_KEPT: (position, what)
 
     def add(self, letter: Letter) -> None:
         self.count += 1
-        when = letter.time
-        self.oldest = when if self.oldest is None or when < self.oldest else self.oldest
-        self.newest = when if self.newest is None or when > self.newest else self.newest
+        if letter.time_known:  # a clamped time would make oldest or newest a lie
+            when = letter.time
+            self.oldest = when if self.oldest is None or when < self.oldest else self.oldest
+            self.newest = when if self.newest is None or when > self.newest else self.newest
+        found = letter.problems()
+        if found:
+            self.problem_count += 1
+            if len(self.problems) < PROBLEMS_KEPT:
+                self.problems.append((letter.position, "; ".join(found)))
         self.by_failure[(letter.error_type or "?", letter.handler or "-")] += 1
         self.by_reason[letter.reason or letter.dialect] += 1
         self.sources[letter.source_topic or "?"] += 1
@@ -60,6 +70,8 @@ class TopicSummary:
             ],
             "by_reason": dict(self.by_reason.most_common()),
             "sources": dict(self.sources.most_common()),
+            "problem_count": self.problem_count,
+            "problems": [{"position": p, "problem": what} for p, what in self.problems],
         }
 
 
@@ -102,13 +114,24 @@ def _b64(raw: bytes | None) -> str | None:
     return None if raw is None else base64.b64encode(raw).decode()
 
 
+def _archived_header(name: str, value: bytes) -> list[str | None]:
+    shown = display_name(name)
+    if shown == name:
+        return [name, _b64(value)]
+    return [shown, _b64(value), _b64(raw_name(name))]  # the name is not UTF-8: its bytes, third
+
+
 def archive_line(letter: Letter) -> str:
-    """One JSON line: the readable view plus the exact bytes (base64) to restore the record."""
+    """One JSON line: the readable view plus the exact bytes (base64) to restore the record.
+
+    A header is ``[name, value]``; one whose name is not UTF-8 is ``[name with U+FFFD,
+    value, name bytes]``.
+    """
     view = letter.as_dict()
     view["record"] = {
         "key": _b64(letter.key),
         "value": _b64(letter.value),
-        "headers": [[name, _b64(value)] for name, value in letter.headers],
+        "headers": [_archived_header(name, value) for name, value in letter.headers],
         "timestamp_ms": letter.timestamp_ms,
     }
     return json.dumps(view, separators=(",", ":"), default=str)
@@ -129,7 +152,7 @@ async def archive(
         async for letter in scan(kafka, topic):
             if letter.partition in closed:
                 continue
-            if before is not None and letter.time >= before:
+            if letter.unreadable is not None or (before is not None and letter.time >= before):
                 closed.add(letter.partition)
                 continue
             out.write(archive_line(letter) + "\n")

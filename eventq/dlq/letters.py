@@ -1,12 +1,19 @@
 """Reading dead letters: eventq's own headers, and Spring's and Karafka's.
 
-:func:`parse` turns one dead-letter record into a :class:`Letter` whatever wrote it:
+:func:`parse` turns one dead-letter record into a :class:`Letter` whatever wrote it,
+and never raises: a record it cannot read becomes a letter of dialect ``unreadable``
+(its position known, :attr:`Letter.unreadable` saying why) that the tools report and skip.
 
 - **eventq**: ``eventq-dlt-*`` (see :mod:`eventq.consumers.deadletter`);
 - **Spring for Apache Kafka**: ``kafka_dlt-original-*`` / ``kafka_dlt-exception-*``
   (DeadLetterPublishingRecoverer) or ``kafka_original-*`` / ``kafka_exception-*``
   (retry topics); partition, offset and timestamp may be big-endian binary integers;
-- **Karafka**: ``source_*`` (2.5+) or ``original_*`` (before 2.5).
+- **Karafka**: ``source_*`` (2.5+) or ``original_*`` (before 2.5); Karafka records no
+  error class.
+
+Header names may hold lone surrogates (``\\udc80``-``\\udcff``): :func:`eventq.kafka.consumer`
+decodes names that are not UTF-8 with ``surrogateescape``. :func:`display_name` renders
+them with U+FFFD for printing and JSON.
 
 :func:`scan` reads a dead-letter topic from its start (or a given position) up to the
 end it had when the scan began, so a scan always ends.
@@ -18,12 +25,13 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from eventq import kafka as kafka_boundary
 from eventq.config import KafkaSettings
 from eventq.consumers.deadletter import PREFIX as EVENTQ_DLT
 from eventq.consumers.deadletter import REPLAY_COUNT, REPLAY_FROM, REPLAY_PREFIX
@@ -38,6 +46,7 @@ _SPRING = {
     "kafka_dlt-original-timestamp": "source_timestamp",
     "kafka_dlt-original-consumer-group": "group",
     "kafka_dlt-exception-fqcn": "error_type",
+    "kafka_dlt-exception-cause-fqcn": "cause_type",
     "kafka_dlt-exception-message": "error_message",
     "kafka_dlt-exception-stacktrace": "stacktrace",
 }
@@ -46,8 +55,12 @@ _SPRING_RETRY = {
     "kafka_original-partition": "source_partition",
     "kafka_original-offset": "source_offset",
     "kafka_original-timestamp": "source_timestamp",
-    "kafka_original-consumer-group": "group",
+    "kafka_original-consumer-group": "group",  # not what Spring writes; read in case another writer does
+    # Spring's KafkaHeaders.ORIGINAL_CONSUMER_GROUP is "kafka_dlt-original-consumer-group" too,
+    # so it wins over the name above (a later entry overwrites an earlier one).
+    "kafka_dlt-original-consumer-group": "group",
     "kafka_exception-fqcn": "error_type",
+    "kafka_exception-cause-fqcn": "cause_type",
     "kafka_exception-message": "error_message",
     "kafka_exception-stacktrace": "stacktrace",
     "retry_topic-attempts": "attempts",
@@ -95,10 +108,43 @@ _INTEGER_FIELDS = {"source_partition", "source_offset", "source_timestamp", "att
 _DIALECT_HEADERS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
     "eventq": (frozenset(), ()),
     "spring": (frozenset(), ("kafka_dlt-",)),
-    "spring-retry": (frozenset(), ("kafka_original-", "kafka_exception-", "retry_topic-")),
+    "spring-retry": (
+        frozenset({"kafka_dlt-original-consumer-group"}), ("kafka_original-", "kafka_exception-", "retry_topic-")
+    ),
     "karafka": (frozenset({*_KARAFKA, "source_trace_id"}), ()),
     "karafka-legacy": (frozenset({*_KARAFKA_OLD, "original_trace_id"}), ()),
 }
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+UNREADABLE = "unreadable"  # the dialect of a record parse could not read
+LOG_FIELD_CHARS = 200  # at most this much of any letter's field goes into a log line
+
+
+def clip(text: str | None, limit: int = LOG_FIELD_CHARS) -> str | None:
+    """``text`` cut to ``limit`` characters (with ``…`` and the full length), for log lines and reasons."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} chars)"
+
+
+def display_name(name: str) -> str:
+    """A header name safe to print and JSON-encode: bytes that are not UTF-8 become U+FFFD."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate surrogateescape did not make (not \\udc80-\\udcff)
+        raw = name.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
+def raw_name(name: str) -> bytes:
+    """A header name's bytes on the wire (undoing ``surrogateescape``)."""
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +170,7 @@ class Letter:
     first_failure: str | None = None
     last_failure: str | None = None
     error_type: str | None = None
+    cause_type: str | None = None  # the wrapped exception's class, when the writer records it (Spring)
     error_message: str | None = None
     stacktrace: str | None = None
     event_id: str | None = None
@@ -131,11 +178,38 @@ class Letter:
     correlation_id: str | None = None
     replay_count: int = 0
     replays: tuple[str, ...] = field(default=())  # dead-letter positions it was replayed from before
+    unreadable: str | None = None  # why parse could not read the record (dialect "unreadable")
+
+    @property
+    def time_known(self) -> bool:
+        """Whether the record's timestamp is a time Python can represent (years 1 to 9999)."""
+        return self._time() is not None
+
+    def _time(self) -> datetime | None:
+        try:
+            return _EPOCH + timedelta(milliseconds=self.timestamp_ms)
+        except (OverflowError, TypeError, ValueError):
+            return None
 
     @property
     def time(self) -> datetime:
-        """When it was dead-lettered (the dead-letter record's timestamp)."""
-        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+        """When it was dead-lettered (the dead-letter record's timestamp).
+
+        A timestamp beyond what datetime holds is clamped to ``datetime.min``/``max`` (UTC),
+        so comparisons keep its order; :attr:`time_known` tells, :attr:`time_text` shows the raw ms.
+        """
+        moment = self._time()
+        if moment is not None:
+            return moment
+        return _EARLIEST if self.timestamp_ms < 0 else _LATEST
+
+    @property
+    def time_text(self) -> str:
+        """The time in ISO 8601, or the raw milliseconds when they are out of range."""
+        moment = self._time()
+        if moment is None:
+            return f"timestamp {self.timestamp_ms} ms (out of range)"
+        return moment.isoformat(timespec="milliseconds")
 
     @property
     def position(self) -> str:
@@ -145,6 +219,22 @@ class Letter:
     def key_text(self) -> str | None:
         return self.key.decode("utf-8", "replace") if self.key is not None else None
 
+    @property
+    def undecodable_names(self) -> int:
+        """How many header names are not UTF-8 (carry lone surrogates)."""
+        return sum(1 for n, _ in self.headers if display_name(n) != n)
+
+    def problems(self) -> list[str]:
+        """What the tools cannot read or show faithfully in this letter (empty: nothing)."""
+        found = []
+        if self.unreadable is not None:
+            found.append(f"unreadable: {self.unreadable}")
+        if not self.time_known:
+            found.append(f"timestamp {self.timestamp_ms} ms is out of range")
+        if self.undecodable_names:
+            found.append(f"{self.undecodable_names} header name(s) not UTF-8")
+        return found
+
     def original_headers(self) -> list[tuple[str, bytes]]:
         """The headers without this letter's dialect's dead-letter headers, nor eventq's
         dead-letter, retry and replay headers (other headers keep their order)."""
@@ -153,11 +243,14 @@ class Letter:
         return [(n, v) for n, v in self.headers if n not in names and not n.startswith(prefixes)]
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (bytes as UTF-8 text where they decode as UTF-8, else ``base64:…``)."""
+        """A JSON-ready view (bytes as UTF-8 text where they decode as UTF-8, else ``base64:…``;
+        header names that are not UTF-8 with U+FFFD). Absent fields are null."""
         return {
             "position": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
-            "dead_lettered_at": self.time.isoformat(timespec="milliseconds"),
+            "dead_lettered_at": self.time.isoformat(timespec="milliseconds") if self.time_known else None,
+            "timestamp_ms": self.timestamp_ms,
             "dialect": self.dialect,
+            "unreadable": self.unreadable,
             "source": {
                 "topic": self.source_topic, "partition": self.source_partition, "offset": self.source_offset,
                 "timestamp": self.source_timestamp, "consumer_group": self.group,
@@ -167,11 +260,11 @@ class Letter:
             "failure": {
                 "reason": self.reason, "handler": self.handler, "attempts": self.attempts,
                 "first": self.first_failure, "last": self.last_failure, "error_type": self.error_type,
-                "message": self.error_message, "stacktrace": self.stacktrace,
+                "cause_type": self.cause_type, "message": self.error_message, "stacktrace": self.stacktrace,
             },
             "replay": {"count": self.replay_count, "from": list(self.replays)},
             "payload": _payload(self.value),
-            "headers": {n: _text(v) for n, v in self.headers},
+            "headers": {display_name(n): _text(v) for n, v in self.headers},
         }
 
 
@@ -206,7 +299,18 @@ def _integer(raw: bytes) -> int | None:
 
 
 def parse(record: Any) -> Letter:
-    """A :class:`Letter` from a consumed dead-letter record (any dialect, or none)."""
+    """A :class:`Letter` from a consumed dead-letter record (any dialect, or none).
+
+    Never raises: if anything about the record cannot be read, the letter has dialect
+    ``unreadable``, :attr:`Letter.unreadable` says why, and it keeps what could be salvaged.
+    """
+    try:
+        return _parse(record)
+    except Exception as exc:  # noqa: BLE001 - one hostile record must not stop a scan
+        return _unreadable(record, exc)
+
+
+def _parse(record: Any) -> Letter:
     headers = tuple((n, v if v is not None else b"") for n, v in (record.headers or ()))
     first: dict[str, bytes] = {}
     for name, value in headers:
@@ -224,7 +328,7 @@ def parse(record: Any) -> Letter:
             break
     replays = tuple(_text(v) or "" for n, v in headers if n == REPLAY_FROM)
     count = first.get(REPLAY_COUNT)
-    return Letter(
+    letter = Letter(
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
@@ -239,6 +343,42 @@ def parse(record: Any) -> Letter:
         replay_count=(_integer(count) or 0) if count is not None else 0,
         replays=replays,
         **fields,
+    )
+    _check(letter)
+    return letter
+
+
+def _check(letter: Letter) -> None:
+    # What the tools do with every letter later (print, JSON-encode, compare, replay) must not
+    # fail there, far from the record: check the types here, where the position is known.
+    for name, value in ("topic", letter.topic), ("partition", letter.partition), ("offset", letter.offset), (
+        "timestamp", letter.timestamp_ms
+    ):
+        if not isinstance(value, str if name == "topic" else int) or isinstance(value, bool):
+            raise TypeError(f"the record's {name} is {type(value).__name__}")
+    for name, raw in ("key", letter.key), ("value", letter.value):
+        if raw is not None and not isinstance(raw, bytes):
+            raise TypeError(f"the record's {name} is {type(raw).__name__}, not bytes")
+    for header, raw in letter.headers:
+        if not isinstance(header, str) or not isinstance(raw, bytes):
+            raise TypeError(f"a header is ({type(header).__name__}, {type(raw).__name__}), not (str, bytes)")
+
+
+def _unreadable(record: Any, exc: Exception) -> Letter:
+    def attribute(name: str, kind: type, default: Any) -> Any:
+        value = getattr(record, name, default)
+        return value if isinstance(value, kind) and not isinstance(value, bool) else default
+
+    return Letter(
+        topic=attribute("topic", str, "?"),
+        partition=attribute("partition", int, -1),
+        offset=attribute("offset", int, -1),
+        timestamp_ms=attribute("timestamp", int, 0),
+        key=attribute("key", bytes, None),
+        value=attribute("value", bytes, None),
+        headers=(),
+        dialect=UNREADABLE,
+        unreadable=clip(f"{type(exc).__name__}: {exc}"),
     )
 
 
@@ -281,9 +421,8 @@ async def scan(
     """Every dead letter of ``topic`` from ``start`` (partition → offset, or one offset for
     every partition; default the beginning) up to the end each partition had when the
     scan began. Within a partition letters come in offset order."""
-    consumer = AIOKafkaConsumer(
-        **kafka.client_kwargs(), enable_auto_commit=False, isolation_level="read_committed", group_id=None
-    )
+    # eventq's consumer reads header names that are not UTF-8 (aiokafka's own raises in getmany).
+    consumer = kafka_boundary.consumer(kafka, enable_auto_commit=False, isolation_level="read_committed", group_id=None)
     try:
         await consumer.start()
     except Exception as exc:

@@ -25,7 +25,12 @@ Guarantees:
   again, its older dead letters are *superseded* (skipped): replaying an old copy would
   restart the replay count and sidestep the loop guard.
 - Every letter scanned is counted exactly once as replayed, filtered, superseded,
-  refused or failed (no source topic, target topic missing).
+  refused or failed (no source topic, target topic missing, or a letter eventq cannot
+  read: reported with its position and reason, never republished).
+- **Header names that are not UTF-8** cannot be republished as they are (aiokafka's
+  producer encodes names as strict UTF-8): such a letter is replayed with U+FFFD in place
+  of the undecodable bytes, counted as replayed, listed in ``ReplayReport.renamed`` and
+  logged as ``dlq.header_name_replaced``.
 
 With tracing on, a run is a ``replay {topic}`` span, and each replayed letter a
 ``send {source}`` span that is a child of the dead letter's own ``send`` span (its
@@ -43,6 +48,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -57,7 +63,7 @@ from opentelemetry.trace import Span
 
 from eventq.config import KafkaSettings
 from eventq.consumers.deadletter import REPLAY_AT, REPLAY_COUNT, REPLAY_FROM, REPLAY_RUN, TRACEPARENT
-from eventq.dlq.letters import Letter, admin_client, scan
+from eventq.dlq.letters import UNREADABLE, Letter, admin_client, clip, display_name, scan
 from eventq.errors import ConfigError, ConsumerError, EventqError
 from eventq.kafka import translate
 from eventq.telemetry import Telemetry
@@ -66,6 +72,8 @@ from eventq.telemetry import tracing as tr
 log = structlog.get_logger("eventq.dlq")
 
 DEFAULT_MAX_REPLAYS = 3
+MIN_RATE = 0.01  # letters per second; below it a replay would, in practice, never end
+MAX_RATE = 1_000_000.0
 _CHUNK_LETTERS = 100
 _CHUNK_SECONDS = 1.0
 
@@ -76,7 +84,7 @@ class Filters:
 
     since: datetime | None = None  # dead-lettered at or after
     until: datetime | None = None  # dead-lettered before
-    error_type: str | None = None  # exact, or the class name alone: RuntimeError
+    error_type: str | None = None  # exact, or the class name alone: RuntimeError; the error's or its cause's
     event_type: str | None = None
     key: str | None = None
     correlation_id: str | None = None
@@ -88,7 +96,9 @@ class Filters:
             return False
         if self.until is not None and letter.time >= self.until:
             return False
-        if self.error_type is not None and not _names(letter.error_type, self.error_type):
+        if self.error_type is not None and not (
+            _names(letter.error_type, self.error_type) or _names(letter.cause_type, self.error_type)
+        ):  # Spring's error type is often only the wrapper (ListenerExecutionFailedException)
             return False
         if self.event_type is not None and letter.event_type != self.event_type:
             return False
@@ -134,6 +144,7 @@ class ReplayReport:
     superseded: int = 0  # an older dead letter of an event that has a newer one
     refused: list[tuple[str, str]] = field(default_factory=list)  # (position, why)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    renamed: list[tuple[str, int]] = field(default_factory=list)  # replayed with N header names not UTF-8
     targets: dict[str, int] = field(default_factory=dict)  # target topic -> letters (to be) replayed
     stopped_at_limit: bool = False
     resumed: bool = False  # continued an earlier run (with its time window)
@@ -200,8 +211,8 @@ async def replay(
     filters = filters or Filters()
     if max_replays < 1:
         raise ConfigError("max_replays must be at least 1")
-    if rate is not None and rate <= 0:
-        raise ConfigError("rate must be a positive number of letters per second")
+    if rate is not None and not (math.isfinite(rate) and MIN_RATE <= rate <= MAX_RATE):
+        raise ConfigError(f"rate must be from {MIN_RATE:g} to {MAX_RATE:g} letters per second, not {rate!r}")
     if limit is not None and limit < 1:
         raise ConfigError("limit must be at least 1")
     name = run or new_run_name()
@@ -247,13 +258,19 @@ async def replay(
                 report.superseded += 1
             elif verdict == "refused":
                 report.refused.append((letter.position, target))
-                log.warning("dlq.replay_refused", position=letter.position, reason=target)
+                log.warning("dlq.replay_refused", position=letter.position, event_id=clip(letter.event_id),
+                            reason=clip(target))
             elif verdict == "failed":
                 report.failed.append((letter.position, target))
-                log.warning("dlq.replay_failed", position=letter.position, reason=target)
+                log.warning("dlq.replay_failed", position=letter.position, event_id=clip(letter.event_id),
+                            reason=clip(target))
             else:
                 report.replayed.append(letter.position)
                 report.targets[target] = report.targets.get(target, 0) + 1
+                if letter.undecodable_names:
+                    report.renamed.append((letter.position, letter.undecodable_names))
+                    log.warning("dlq.header_name_replaced", position=letter.position,
+                                count=letter.undecodable_names, dry_run=dry_run)
                 if producer is not None:
                     await limiter.wait()
                     headers = _replay_headers(letter, name)
@@ -376,6 +393,11 @@ def _decide(
     newest: Newest | None = None,
 ) -> tuple[str, str]:
     """(verdict, target or reason) for one letter."""
+    if letter.dialect == UNREADABLE:
+        # No criterion but the offsets can be judged: report it rather than guess it away.
+        if filters.offsets is not None and not filters.offsets[0] <= letter.offset <= filters.offsets[1]:
+            return "filtered", ""
+        return "failed", f"eventq cannot read this letter ({letter.unreadable}); inspect it with dlq show"
     if not filters.matches(letter):
         return "filtered", ""
     rank = _newness(letter)
@@ -389,7 +411,7 @@ def _decide(
     if not target:
         return "failed", "no source topic in its headers (no eventq, Spring or Karafka dead-letter headers); use --to"
     if target not in known_topics:
-        return "failed", f"target topic {target!r} does not exist"
+        return "failed", f"target topic {clip(target)!r} does not exist"
     return "replay", target
 
 
@@ -406,7 +428,7 @@ def _replay_span(
         raw.decode("ascii", "replace") if raw else None, tracestate.decode("ascii", "replace") if tracestate else None
     )
     span = tracing.replay_send(target, parent, run_span.get_span_context(), {
-        tr.MESSAGE_ID: letter.event_id or "", tr.REPLAY_POSITION: letter.position,
+        tr.MESSAGE_ID: clip(letter.event_id) or "", tr.REPLAY_POSITION: letter.position,
     })
     headers[:] = [(n, v) for n, v in headers if n not in ("traceparent", "tracestate")] + tr.trace_headers(span)
     return span
@@ -421,7 +443,8 @@ def _end_span(span: Span, future: asyncio.Future[Any]) -> None:
 
 
 def _replay_headers(letter: Letter, run: str) -> list[tuple[str, bytes]]:
-    headers = letter.original_headers()
+    # display_name: a name that is not UTF-8 cannot be sent as it is (see the module docstring).
+    headers = [(display_name(n), v) for n, v in letter.original_headers()]
     headers.append((REPLAY_COUNT, str(letter.replay_count + 1).encode()))
     for earlier in letter.replays:
         headers.append((REPLAY_FROM, earlier.encode()))

@@ -6,6 +6,7 @@ import base64
 import json
 import struct
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -13,7 +14,7 @@ import pytest
 
 from eventq.consumers.deadletter import DeadLetter, Failure, dead_letter_headers
 from eventq.dlq.inspect import TopicSummary, archive_line
-from eventq.dlq.letters import Letter, parse
+from eventq.dlq.letters import Letter, clip, display_name, parse
 from tests.unit.fakes import Record
 
 SOURCE_MS = 1714564800123  # 2024-05-01T12:00:00.123Z: the failed record's own timestamp
@@ -35,8 +36,8 @@ PAYMENT_DECLINED = Failure(
 
 
 
-def dead_letter(headers: list[tuple[str, bytes | None]], *, value: bytes | None = b'{"order_id": "o-1"}') -> Record:
-    return Record("orders.dlt", 1, 41, DLT_MS, b"customer-7", value, headers)
+def dead_letter(headers: Sequence[tuple[str, bytes | None]], *, value: bytes | None = b'{"order_id": "o-1"}') -> Record:
+    return Record("orders.dlt", 1, 41, DLT_MS, b"customer-7", value, list(headers))
 
 
 def eventq_headers(
@@ -437,3 +438,152 @@ def test_empty_topic_summary() -> None:
     """A summary with no letters has count 0 and no oldest or newest time."""
     view = TopicSummary("orders.dlt").as_dict()
     assert (view["count"], view["oldest"], view["newest"], view["by_failure"]) == (0, None, None, [])
+
+
+# -- hostile letters: parse never raises, odd timestamps and header names (issue 12) ----
+
+YEAR_ZERO_MS = -62135683200000  # a day before 0001-01-01T00:00Z: beyond datetime
+BAD_NAME = b"\xff\xfe".decode("utf-8", "surrogateescape")  # how eventq.kafka.consumer reads name b"\xff\xfe"
+
+
+def test_timestamp_before_year_one_is_clamped_and_shown_raw() -> None:
+    """A letter timestamped before year 1 parses; its time is datetime.min (UTC), time_text shows the raw ms."""
+    letter = parse(Record("orders.dlt", 0, 5, YEAR_ZERO_MS, b"k", b"{}", list(KARAFKA)))
+
+    assert (letter.dialect, letter.time_known) == ("karafka", False)
+    assert letter.time == datetime.min.replace(tzinfo=UTC)
+    assert letter.time_text == "timestamp -62135683200000 ms (out of range)"
+    assert letter.problems() == ["timestamp -62135683200000 ms is out of range"]
+
+
+def test_timestamp_after_year_9999_is_clamped_to_the_latest_time() -> None:
+    """A letter timestamped after year 9999 sorts after every real time (datetime.max, UTC)."""
+    letter = parse(Record("orders.dlt", 0, 5, 2**62, None, None, []))
+
+    assert letter.time == datetime.max.replace(tzinfo=UTC) and not letter.time_known
+
+
+def test_as_dict_of_an_out_of_range_timestamp_is_json_with_null_time_and_raw_ms() -> None:
+    """as_dict of a year-0 letter survives json.dumps: dead_lettered_at null, timestamp_ms the raw value."""
+    view = json.loads(json.dumps(parse(Record("orders.dlt", 0, 5, YEAR_ZERO_MS, None, None, [])).as_dict()))
+
+    assert (view["dead_lettered_at"], view["timestamp_ms"]) == (None, YEAR_ZERO_MS)
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        (Record("orders.dlt", 2, 9, DLT_MS, b"k", b"v", 42), "TypeError"),  # type: ignore[arg-type]
+        (Record("orders.dlt", 2, 9, DLT_MS, b"k", b"v", [("ce_id", 7)]), "AttributeError"),  # type: ignore[list-item]
+        (Record("orders.dlt", 2, 9, DLT_MS, "text key", b"v", []), "key is str"),  # type: ignore[arg-type]
+        (Record("orders.dlt", 2, 9, "noon", b"k", b"v", []), "timestamp is str"),  # type: ignore[arg-type]
+        (Record("orders.dlt", 2, 9, DLT_MS, b"k", b"v", [(b"raw", b"v")]), "not (str, bytes)"),  # type: ignore[list-item]
+    ],
+    ids=["headers-not-a-list", "header-value-int", "key-str", "timestamp-str", "header-name-bytes"],
+)
+def test_parse_never_raises_and_marks_what_it_cannot_read(record: Record, why: str) -> None:
+    """A record parse cannot read becomes an 'unreadable' letter at its position, saying why."""
+    letter = parse(record)
+
+    assert (letter.dialect, letter.position) == ("unreadable", "orders.dlt/2/9")
+    assert letter.unreadable is not None and why in letter.unreadable
+    assert letter.problems()[0].startswith("unreadable: ")
+    json.dumps(letter.as_dict())
+
+
+def test_parse_of_an_object_that_is_no_record_keeps_what_it_can() -> None:
+    """Something without record attributes parses as unreadable at '?/-1/-1' instead of raising."""
+    letter = parse(object())
+
+    assert (letter.dialect, letter.position, letter.headers) == ("unreadable", "?/-1/-1", ())
+    assert letter.unreadable == "AttributeError: 'object' object has no attribute 'headers'"
+
+
+def test_display_name_renders_undecodable_bytes_as_replacement_characters() -> None:
+    """A header name read with surrogateescape prints as U+FFFD; a normal name is unchanged."""
+    assert display_name(BAD_NAME) == "\ufffd\ufffd"
+    assert display_name("x-\udcffname") == "x-\ufffdname"
+    assert display_name("ce_id") == "ce_id"
+    assert display_name("\ud800") == "\ufffd\ufffd\ufffd"  # not a surrogateescape surrogate: still no error
+
+
+def test_as_dict_of_a_letter_with_an_undecodable_header_name_is_json() -> None:
+    """as_dict shows a non-UTF-8 header name with U+FFFD, and the letter reports one such name."""
+    letter = parse(dead_letter([*KARAFKA, (BAD_NAME, b"x")]))
+
+    view = json.loads(json.dumps(letter.as_dict(), ensure_ascii=False))
+
+    assert view["headers"]["\ufffd\ufffd"] == "x"
+    assert letter.undecodable_names == 1
+    assert letter.problems() == ["1 header name(s) not UTF-8"]
+
+
+def test_archive_line_keeps_the_bytes_of_an_undecodable_header_name() -> None:
+    """An archived header whose name is not UTF-8 carries the name's bytes (base64) as a third element."""
+    line = archive_line(parse(dead_letter([(BAD_NAME, b"x"), ("ok", b"y")])))
+
+    headers = json.loads(line)["record"]["headers"]
+
+    assert headers[0] == ["\ufffd\ufffd", base64.b64encode(b"x").decode(), base64.b64encode(b"\xff\xfe").decode()]
+    assert headers[1] == ["ok", base64.b64encode(b"y").decode()]
+
+
+def test_spring_letter_carries_the_cause_class() -> None:
+    """Spring's kafka_dlt-exception-cause-fqcn is the letter's cause_type, next to the wrapper's error_type."""
+    cause = ("kafka_dlt-exception-cause-fqcn", b"com.shop.PaymentDeclined")
+
+    letter = parse(dead_letter([*SPRING, cause]))
+
+    assert letter.error_type == "org.springframework.kafka.listener.ListenerExecutionFailedException"
+    assert letter.cause_type == "com.shop.PaymentDeclined"
+    assert letter.as_dict()["failure"]["cause_type"] == "com.shop.PaymentDeclined"
+
+
+def test_spring_retry_letter_reads_the_cause_and_springs_consumer_group_header() -> None:
+    """A retry-topic letter reads kafka_exception-cause-fqcn, and its group from kafka_dlt-original-consumer-group
+    (Spring's ORIGINAL_CONSUMER_GROUP constant), which replay then drops."""
+    headers = [
+        ("kafka_original-topic", b"orders"), ("kafka_exception-fqcn", b"org.springframework.kafka.KafkaException"),
+        ("kafka_exception-cause-fqcn", b"java.lang.IllegalStateException"),
+        ("kafka_dlt-original-consumer-group", b"billing"), ("x-tag", b"a"),
+    ]
+
+    letter = parse(dead_letter(headers))
+
+    assert (letter.dialect, letter.group, letter.cause_type) == (
+        "spring-retry", "billing", "java.lang.IllegalStateException"
+    )
+    assert letter.original_headers() == [("x-tag", b"a")]
+
+
+def test_karafka_letters_carry_no_error_or_cause_class() -> None:
+    """Karafka writes no error headers, so its letters have neither error_type nor cause_type."""
+    letter = parse(dead_letter(KARAFKA))
+    assert (letter.error_type, letter.cause_type) == (None, None)
+
+
+def test_clip_bounds_text_and_says_how_long_it_was() -> None:
+    """clip keeps text up to 200 characters whole and cuts longer text to 200 plus its length."""
+    assert clip("a" * 200) == "a" * 200
+    assert clip("b" * 5000) == "b" * 200 + "… (5000 chars)"
+    assert clip(None) is None
+
+
+def test_topic_summary_lists_hostile_letters_and_keeps_real_times() -> None:
+    """A summary counts an out-of-range and an unreadable letter, lists them by position, and its oldest
+    time stays the oldest real one."""
+    summary = TopicSummary("orders.dlt")
+    good = parse(dead_letter(eventq_headers()))
+    year_zero = parse(Record("orders.dlt", 0, 5, YEAR_ZERO_MS, None, None, []))
+    broken = parse(Record("orders.dlt", 2, 9, DLT_MS, b"k", b"v", 42))  # type: ignore[arg-type]
+
+    for letter in (good, year_zero, broken):
+        summary.add(letter)
+
+    assert summary.count == 3
+    assert summary.oldest == summary.newest == datetime(2024, 5, 1, 12, 1, 0, 456000, UTC)
+    assert summary.problem_count == 2
+    assert summary.problems[0] == ("orders.dlt/0/5", "timestamp -62135683200000 ms is out of range")
+    assert summary.problems[1][0] == "orders.dlt/2/9" and summary.problems[1][1].startswith("unreadable: TypeError")
+    assert summary.by_reason["unreadable"] == 1
+    assert json.loads(json.dumps(summary.as_dict()))["problem_count"] == 2

@@ -549,3 +549,169 @@ def test_replay_without_a_terminal_needs_yes() -> None:
     code, output = dlq("replay", "orders.dlt")
     assert code == 2
     assert "not a terminal" in output and "add --yes" in output
+
+
+# -- hostile letters (issue 12) -------------------------------------------------------
+
+SPRING_WRAPPED = [
+    ("kafka_dlt-original-topic", b"orders"),
+    ("kafka_dlt-exception-fqcn", b"org.springframework.kafka.listener.ListenerExecutionFailedException"),
+    ("kafka_dlt-exception-cause-fqcn", b"com.shop.PaymentDeclined"),
+]
+
+
+def spring_wrapped() -> Letter:
+    return parse(Record("orders.dlt", 0, 3, DLT_MS, b"customer-7", b"{}", ENVELOPE + SPRING_WRAPPED))
+
+
+@pytest.mark.parametrize(
+    ("wanted", "matches"),
+    [("com.shop.PaymentDeclined", True), ("PaymentDeclined", True), ("ListenerExecutionFailedException", True),
+     ("org.springframework.kafka.listener.ListenerExecutionFailedException", True), ("Declined", False)],
+)
+def test_error_type_matches_the_spring_cause_or_the_wrapper(wanted: str, matches: bool) -> None:
+    """--error-type selects a Spring letter by the cause's class as well as by the wrapper's class."""
+    assert Filters(error_type=wanted).matches(spring_wrapped()) is matches
+
+
+def unreadable() -> Letter:
+    letter = parse(Record("orders.dlt", 2, 9, DLT_MS, b"k", b"v", 42))  # type: ignore[arg-type]
+    assert letter.dialect == "unreadable"
+    return letter
+
+
+def test_decide_fails_an_unreadable_letter_with_its_reason() -> None:
+    """An unreadable letter is 'failed' (never replayed, also with --to), and the reason says why."""
+    verdict, reason = _decide(unreadable(), Filters(), "orders-replay", 3, KNOWN)
+
+    assert verdict == "failed"
+    assert reason.startswith("eventq cannot read this letter (TypeError: ")
+
+
+def test_decide_fails_an_unreadable_letter_even_with_other_criteria() -> None:
+    """Criteria eventq cannot judge on an unreadable letter do not hide it: it is still reported as failed."""
+    assert _decide(unreadable(), Filters(key="customer-7"), None, 3, KNOWN)[0] == "failed"
+
+
+def test_decide_filters_an_unreadable_letter_outside_the_offset_range() -> None:
+    """An unreadable letter outside --offset-range is filtered, like any letter there."""
+    assert _decide(unreadable(), Filters(offsets=(0, 5)), None, 3, KNOWN) == ("filtered", "")
+
+
+def test_decide_clips_a_huge_source_topic_in_its_reason() -> None:
+    """A 10,000-character source topic from a header is cut to 200 characters in the failure reason."""
+    letter = replace(declined(), source_topic="t" * 10_000)
+
+    verdict, reason = _decide(letter, Filters(), None, 3, KNOWN)
+
+    assert verdict == "failed"
+    assert reason == f"target topic {'t' * 200 + '… (10000 chars)'!r} does not exist"
+
+
+def test_replay_headers_replace_undecodable_names_with_replacement_characters() -> None:
+    """A header name that is not UTF-8 is republished with U+FFFD, so the producer can encode it; values stay."""
+    bad = b"\xff\xfe".decode("utf-8", "surrogateescape")
+    headers = [*ENVELOPE, (bad, b"\x00raw"), ("x-tag", b"a"), ("source_topic", b"orders")]
+    letter = parse(Record("orders.dlt", 0, 5, DLT_MS, b"k", b"{}", headers))
+    assert (letter.dialect, letter.undecodable_names) == ("karafka", 1)
+
+    headers = _replay_headers(letter, "run-1")
+
+    assert headers[3:5] == [("\ufffd\ufffd", b"\x00raw"), ("x-tag", b"a")]
+    for name, _ in headers:
+        name.encode("utf-8")  # what aiokafka's producer does with every name
+
+
+@pytest.mark.parametrize("text", ["1e-300", "0.009", "1e-300/s", "nan", "inf", "-inf", "1000001", "1e308"])
+def test_parse_rate_refuses_rates_outside_the_range(text: str) -> None:
+    """A rate that is not finite, below 0.01/s or above 1,000,000/s is a BadParameter naming the range."""
+    with pytest.raises(click.BadParameter, match=r"from 0\.01/s to 1000000/s"):
+        rate_of(text)
+
+
+@pytest.mark.parametrize(("text", "rate"), [("0.01", 0.01), ("1000000/s", 1e6), ("1e6", 1e6)])
+def test_parse_rate_accepts_the_ends_of_the_range(text: str, rate: float) -> None:
+    """0.01/s and 1,000,000/s themselves are accepted."""
+    assert rate_of(text) == rate
+
+
+def test_replay_with_a_vanishing_rate_exits_2_naming_the_range() -> None:
+    """`dlq replay T --rate 1e-300` exits 2 with one error line naming --rate and the accepted range."""
+    code, output = dlq("replay", "orders.dlt", "--rate", "1e-300", "--yes")
+    assert code == 2
+    [error] = [line for line in output.splitlines() if line.startswith("Error")]
+    assert "--rate" in error and "from 0.01/s to 1000000/s" in error
+
+
+@pytest.mark.parametrize("rate", [1e-300, float("nan"), float("inf"), 2e6, 0.0])
+async def test_replay_refuses_a_rate_outside_the_range_before_contacting_kafka(rate: float) -> None:
+    """replay() itself refuses such a rate with ConfigError (the broker given is unreachable)."""
+    from eventq.config import KafkaSettings
+    from eventq.dlq.replay import replay
+
+    with pytest.raises(ConfigError, match="rate must be from 0.01 to 1e"):
+        await replay(KafkaSettings(bootstrap_servers="127.0.0.1:1"), "orders.dlt", rate=rate)
+
+
+# -- dlq show's text output -----------------------------------------------------------
+
+
+def shown(letter: Letter, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    commands._print_letter(letter)
+    return capsys.readouterr().out.splitlines()
+
+
+def test_show_leaves_out_what_a_karafka_letter_does_not_carry(capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq show` of a Karafka letter has no failure, error or 'None' text: absent fields are left out."""
+    karafka = [("source_topic", b"orders"), ("source_partition", b"3"), ("source_offset", b"1207"),
+               ("source_consumer_group", b"billing")]
+    letter = parse(Record("orders.dlt", 0, 7, DLT_MS, b"customer-7", b"{}", ENVELOPE + karafka))
+
+    lines = shown(letter, capsys)
+
+    assert "None" not in "\n".join(lines)
+    assert lines[0] == "dead letter orders.dlt/0/7, dead-lettered 2024-05-01T12:01:00.456+00:00 (karafka headers)"
+    assert "  origin     orders partition 3 offset 1207 consumer group billing" in lines
+    assert not any(line.lstrip().startswith(("failure", "error")) for line in lines)
+
+
+def test_show_prints_a_spring_cause_and_a_whole_eventq_letter(capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq show` prints a Spring letter's cause class, and every field of an eventq letter."""
+    assert "  error      org.springframework.kafka.listener.ListenerExecutionFailedException "\
+           "(cause com.shop.PaymentDeclined)" in shown(spring_wrapped(), capsys)
+
+    lines = shown(declined(), capsys)
+
+    assert "  failure    exhausted after 5 attempt(s) in myservice.handlers.on_created" in lines
+    assert "  error      myservice.errors.PaymentDeclined: card 4242 declined" in lines
+
+
+def test_show_of_hostile_letters_prints_raw_time_and_safe_names(capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq show` of a year-0 letter with a non-UTF-8 header name prints the raw ms and U+FFFD, no traceback."""
+    bad = b"\xff\xfe".decode("utf-8", "surrogateescape")
+    letter = parse(Record("orders.dlt", 0, 5, -62135683200000, None, None, [(bad, b"x")]))
+
+    lines = shown(letter, capsys)
+
+    assert lines[0] == ("dead letter orders.dlt/0/5, dead-lettered timestamp -62135683200000 ms (out of range) "
+                        "(unknown headers)")
+    assert "  headers    \ufffd\ufffd" in lines
+    assert "  note       1 header name(s) not UTF-8" in lines
+
+
+def test_show_of_an_unreadable_letter_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    """`dlq show` of an unreadable letter prints its position and the reason."""
+    lines = shown(unreadable(), capsys)
+
+    assert lines[0].startswith("dead letter orders.dlt/2/9, dead-lettered 2024-05-01T12:01:00.456+00:00")
+    assert lines[1].startswith("  unreadable TypeError: ")
+
+
+def test_report_prints_renamed_header_warnings(capsys: pytest.CaptureFixture[str]) -> None:
+    """A replay report prints one warning line per letter replayed with replaced header names."""
+    commands._print_report(ReplayReport(run="r1", topic="orders.dlt", replayed=["orders.dlt/0/5"],
+                                        renamed=[("orders.dlt/0/5", 1)], targets={"orders": 1}))
+
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "warning orders.dlt/0/5: 1 header name(s) not UTF-8, replayed with U+FFFD in place of the bytes"
+    )
