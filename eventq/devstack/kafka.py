@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ __all__ = [
     "kafka_jars_installed",
     "random_cluster_id",
     "require_java",
+    "run_kafka_tool",
 ]
 
 KAFKA_VERSION = "4.4.0"
@@ -50,6 +52,30 @@ _MIN_JAVA = 17
 _JAVA_HINT = "install OpenJDK 17+: apt-get install openjdk-17-jre-headless"
 _SECOND_BINDING = re.compile(r"logback|slf4j-log4j12|slf4j-simple|slf4j-reload4j")
 _MAIN_CLASS = "kafka.Kafka"
+# Written into a fetched lib folder: the digest of the POM (and version) it was fetched with.
+_STAMP = ".eventq-pom.sha256"
+
+
+def _pom_digest() -> str:
+    pom = resources.files("eventq.devstack").joinpath("pom.xml").read_bytes()
+    return hashlib.sha256(pom + KAFKA_VERSION.encode()).hexdigest()
+
+
+def _is_current(lib: Path) -> bool:
+    """True if ``lib`` was fetched with today's POM and holds the broker and the tools."""
+    stamp = lib / _STAMP
+    return (
+        stamp.is_file()
+        and stamp.read_text().strip() == _pom_digest()
+        and any(lib.glob("kafka_2.13-*.jar"))
+        and any(lib.glob("kafka-tools-[0-9]*.jar"))
+    )
+
+
+def _is_usable(lib: Path) -> bool:
+    # A folder fetched with an older POM still runs the broker; without mvn to refresh it,
+    # it is used as is rather than refused (only the Kafka tools may then be missing).
+    return lib.is_dir() and (_is_current(lib) or shutil.which("mvn") is None)
 
 
 def default_kafka_lib(stack_dir: Path) -> Path:
@@ -59,8 +85,9 @@ def default_kafka_lib(stack_dir: Path) -> Path:
 
 def kafka_jars_installed(settings: StackSettings) -> bool:
     """True if :func:`ensure_kafka_jars` would return without running Maven."""
-    lib = settings.kafka_lib or default_kafka_lib(settings.dir)
-    return any(lib.glob("kafka_2.13-*.jar"))
+    if settings.kafka_lib is not None:
+        return any(settings.kafka_lib.glob("kafka_2.13-*.jar"))
+    return _is_usable(default_kafka_lib(settings.dir))
 
 
 def ensure_kafka_jars(settings: StackSettings, *, timeout: float = 600) -> Path:
@@ -69,21 +96,24 @@ def ensure_kafka_jars(settings: StackSettings, *, timeout: float = 600) -> Path:
     ``settings.kafka_lib`` is used as is when set. Otherwise the jars go to
     ``<dir>/kafka-<KAFKA_VERSION>/lib``: Maven copies them into a temporary folder next
     to it, which is renamed into place only when complete, so an interrupted fetch is
-    simply retried and a present folder is always whole. Concurrent callers are
-    serialised by a lock file. Raises :class:`DevStackError` if ``mvn`` is missing or
+    simply retried and a present folder is always whole. The folder is fetched again
+    (and swapped in whole) when it was fetched with another ``pom.xml`` — a stamp file in
+    it holds the POM's digest — or lacks the broker or the tools jar; without ``mvn`` on
+    PATH an outdated folder is used as is. Concurrent callers are serialised by a lock
+    file. Raises :class:`DevStackError` if ``mvn`` is missing or
     fails, or if the folder holds a second slf4j binding.
     """
     if settings.kafka_lib is not None:
         _check_lib(settings.kafka_lib, source="EVENTQ_KAFKA_LIB")
         return settings.kafka_lib
     lib = default_kafka_lib(settings.dir)
-    if lib.is_dir():
+    if _is_usable(lib):
         _check_lib(lib, source="the cached jars")
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     with open(lib.parent / ".fetch.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not lib.is_dir():  # another process may have finished while we waited
+        if not _is_usable(lib):  # another process may have finished while we waited
             _fetch_jars(lib, timeout)
     _check_lib(lib, source="the fetched jars")
     return lib
@@ -127,6 +157,11 @@ def _fetch_jars(lib: Path, timeout: float) -> None:
                 f"mvn failed to fetch the Kafka {KAFKA_VERSION} jars (exit {done.returncode}); "
                 f"last lines of its output:\n{output}"
             )
+        (work / "lib" / _STAMP).write_text(_pom_digest() + "\n")
+        if lib.is_dir():
+            # Swapped, not merged: a changed POM may drop or re-version jars. A broker still
+            # running from the old folder keeps its jars open (they are unlinked, not gone).
+            os.rename(lib, work / "old")
         os.rename(work / "lib", lib)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -141,6 +176,34 @@ def _check_lib(lib: Path, *, source: str) -> None:
             f"{source} in {lib} include a second slf4j binding ({', '.join(extra)}); the broker "
             "uses log4j-slf4j-impl: remove those jars (or delete the folder to fetch it again)"
         )
+
+
+def run_kafka_tool(
+    lib: Path, main_class: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run one of Kafka's command-line tools (what ``bin/kafka-*.sh`` run) from ``lib``.
+
+    ``main_class`` is the tool's class, e.g.
+    ``org.apache.kafka.tools.consumer.group.ConsumerGroupCommand``. Returns the finished
+    process with its output as text; the exit code is not checked (several tools print
+    ``Error: ...`` and still exit 0). Raises :class:`DevStackError` if Java 17+ is missing
+    or the tool does not finish within ``timeout`` seconds.
+    """
+    java = require_java()
+    command = [java, "-Xmx256m", "-cp", f"{lib.resolve()}/*", main_class, *args]
+    try:
+        return subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise DevStackError(
+            f"the Kafka tool {main_class} did not finish within {timeout:.0f} s"
+        ) from None
 
 
 def require_java(environ: Mapping[str, str] | None = None) -> str:
