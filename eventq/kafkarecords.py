@@ -77,6 +77,9 @@ class _Batch:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._batch, name)
 
+    def __next__(self) -> Any:  # aiokafka reads a control batch's marker with next()
+        return next(self._batch)
+
     def __iter__(self) -> Iterator[Any]:
         batch = self._batch
         if batch.is_control_batch:

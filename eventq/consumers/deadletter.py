@@ -22,6 +22,8 @@ A dead-letter record keeps the original key, value and headers byte for byte (an
                             out (``stacktrace``, ``error-message``, ``value``, ``headers``,
                             ``key``, in that order), and ``eventq-dlt-original-bytes``
                             the size of the record it would have been
+``eventq-dlt-null-value``   ``true`` when the original had neither key nor value (aiokafka
+                            cannot write that; the letter's value is empty)
 ``eventq-dlt-traceparent``  W3C context of the dead letter's ``send`` span (only
                             with tracing on): ``eventq dlq replay`` continues the
                             event's trace from it
@@ -78,6 +80,7 @@ REASON_UNDECODABLE = "undecodable"
 
 OMITTED = PREFIX + "omitted"
 ORIGINAL_BYTES = PREFIX + "original-bytes"
+NULL_VALUE = PREFIX + "null-value"  # the original had neither key nor value; the letter's value is empty
 # Room for eventq's own headers on top of a source record (the error message and the
 # stack trace are bounded above; topic, group and handler names are short).
 HEADROOM_BYTES = 64 * 1024
@@ -299,6 +302,10 @@ class DeadLetterSink:
             for entry in records:
                 record, step = entry
                 topic, key, value, headers = shrunk(record, step) if step else record
+                if key is None and value is None:
+                    # aiokafka cannot send a record with neither (Kafka can): the letter of a
+                    # tombstone, or one left without both, carries an empty value instead.
+                    value, headers = b"", [*headers, (NULL_VALUE, b"true")]
                 try:
                     futures.append((entry, await aio.send(topic, value, key=key, headers=headers)))
                 except (ke.MessageSizeTooLargeError, ke.RecordTooLargeError) as exc:
