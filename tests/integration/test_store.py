@@ -31,7 +31,9 @@ def done(event_id: str, outcome: str = "handled", offset: int = 0, source: str =
     return Processed(event_id=event_id, topic="orders", partition=0, offset=offset, outcome=outcome, source=source)
 
 
-async def ids_finished(conn: asyncpg.Connection, group: str, ids: list[str], source: str = "orders-service") -> set[str]:
+async def ids_finished(
+    conn: asyncpg.Connection, group: str, ids: list[str], source: str = "orders-service"
+) -> set[str]:
     return {event_id for event_id, _ in await finished(conn, group, [(i, source) for i in ids])}
 
 
@@ -169,7 +171,7 @@ async def test_two_racing_claims_of_one_event_let_exactly_one_transaction_win(da
 
 
 async def test_migration_3_upgrades_a_table_with_rows_while_several_migrate_at_once(database: str) -> None:
-    """A version-2 table with rows upgrades to (source, id) keys with three concurrent migrators; old rows still dedupe."""
+    """A version-2 table with rows upgrades to (source, id) keys under three concurrent migrators; old rows dedupe."""
     setup = await asyncpg.connect(database)
     try:
         await setup.execute("DROP TABLE processed_events; DELETE FROM eventq_schema_migrations")
