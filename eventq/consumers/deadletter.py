@@ -187,7 +187,7 @@ def record_bytes(key: bytes | None, value: bytes | None, headers: Sequence[tuple
     """About what a record occupies in a one-record batch (what ``max.message.bytes`` limits)."""
     return (
         _RECORD_OVERHEAD + (len(key) if key else 0) + (len(value) if value else 0)
-        + sum(len(n) + (len(v) if v else 0) + _HEADER_OVERHEAD for n, v in headers)
+        + sum(len(n.encode("utf-8", "surrogateescape")) + (len(v) if v else 0) + _HEADER_OVERHEAD for n, v in headers)
     )
 
 
