@@ -129,3 +129,44 @@ def test_older_sdk_binding_reads_what_eventq_encodes() -> None:
     assert datetime.fromisoformat(sdk["time"]) == TIME
     assert (sdk["correlationid"], sdk["causationid"], sdk.get_data()) == ("flow-7", "cause-3", DATA)
     assert sdk["partitionkey"] == b"customer-7"
+
+
+@pytest.mark.kafka
+@pytest.mark.postgres
+async def test_a_daemon_handles_sdk_events_in_both_modes_once_each(kafka_settings: Any, database: str) -> None:
+    """SDK records (binary and structured, non-UUID ids) sent by a plain Kafka client are handled once each."""
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+
+    from eventq.consumers import App, Context
+    from eventq.kafka import create_topics
+    from tests.integration.consumer_kit import consumer_settings as settings_for
+    from tests.integration.consumer_kit import rows, run_until_idle
+
+    topic = f"sdk-{uuid.uuid4().hex[:8]}"
+    await create_topics(kafka_settings, [topic], partitions=2)
+    events = [sdk_event(id=f"A234-{n}") for n in range(6)]
+    producer = AIOKafkaProducer(**kafka_settings.client_kwargs(), acks="all")
+    await producer.start()
+    try:
+        for n, sdk in enumerate(events):
+            message = (ce_kafka.to_binary if n < 3 else ce_kafka.to_structured)(sdk, JSONFormat())
+            key, value, headers = record(message)
+            await (await producer.send(topic, value, key=key, headers=headers))
+    finally:
+        await producer.stop()
+    seen: list[Event] = []
+    app = App("sdk", topics=[topic])
+
+    @app.handler("com.example.order.created", schema=None)
+    async def take(event: Event, ctx: Context) -> None:
+        seen.append(event)
+
+    settings = settings_for(kafka_settings, database, topic)
+    await run_until_idle(app, settings)
+
+    assert sorted(e.id for e in seen) == [f"A234-{n}" for n in range(6)]
+    for event in seen:
+        assert_same(event, events[int(event.id.split("-")[1])])
+    assert [r["outcome"] for r in await rows(database, settings.group_id or "")] == ["handled"] * 6
