@@ -128,6 +128,14 @@ def undecodable_names(headers: Sequence[tuple[str, Any]]) -> list[str]:
     return bad
 
 
+def raw_name(name: str) -> bytes:
+    """A header name's bytes on the wire (undoing the surrogate escapes)."""
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate surrogateescape did not make (not U+DC80..U+DCFF)
+        return name.encode("utf-8", "surrogatepass")
+
+
 def printable(name: str) -> str:
     """A header name as valid text: undecodable bytes become U+FFFD, as Kafka's Java client shows them."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return raw_name(name).decode("utf-8", "replace")

@@ -17,8 +17,9 @@ import click
 
 from eventq.clikit import kafka_options, kafka_settings, run, telemetry_from_env
 from eventq.dlq.inspect import archive, dead_letter_topics, find, summarize
-from eventq.dlq.letters import Letter, clip, display_name
+from eventq.dlq.letters import Letter, clip
 from eventq.dlq.replay import DEFAULT_MAX_REPLAYS, MAX_RATE, MIN_RATE, Filters, ReplayReport, replay
+from eventq.kafkarecords import printable
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -161,7 +162,7 @@ def _print_letter(letter: Letter) -> None:
     if letter.value is not None:
         click.echo("  payload    " + json.dumps(view["payload"], default=str))
     if letter.headers:
-        click.echo("  headers    " + ", ".join(display_name(n) for n, _ in letter.headers))
+        click.echo("  headers    " + ", ".join(printable(n) for n, _ in letter.headers))
     for problem in letter.problems():
         if not problem.startswith("unreadable"):
             click.echo(f"  note       {problem}")

@@ -23,8 +23,9 @@ from aiokafka import TopicPartition
 from aiokafka.admin import RecordsToDelete
 
 from eventq.config import KafkaSettings
-from eventq.dlq.letters import Letter, admin_client, display_name, raw_name, scan
+from eventq.dlq.letters import Letter, admin_client, scan
 from eventq.errors import ConsumerError
+from eventq.kafkarecords import printable, raw_name
 
 DEAD_LETTER_SUFFIXES = (".dlt", "-dlt", ".DLT")  # eventq's default, Spring's since 3.3 and before
 PROBLEMS_KEPT = 20  # a summary lists this many letters with problems (and counts them all)
@@ -115,7 +116,7 @@ def _b64(raw: bytes | None) -> str | None:
 
 
 def _archived_header(name: str, value: bytes) -> list[str | None]:
-    shown = display_name(name)
+    shown = printable(name)
     if shown == name:
         return [name, _b64(value)]
     return [shown, _b64(value), _b64(raw_name(name))]  # the name is not UTF-8: its bytes, third

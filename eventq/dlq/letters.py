@@ -12,7 +12,7 @@ and never raises: a record it cannot read becomes a letter of dialect ``unreadab
   error class.
 
 Header names may hold lone surrogates (``\\udc80``-``\\udcff``): :func:`eventq.kafka.consumer`
-decodes names that are not UTF-8 with ``surrogateescape``. :func:`display_name` renders
+decodes names that are not UTF-8 with ``surrogateescape``. :func:`eventq.kafkarecords.printable` renders
 them with U+FFFD for printing and JSON.
 
 :func:`scan` reads a dead-letter topic from its start (or a given position) up to the
@@ -37,6 +37,8 @@ from eventq.consumers.deadletter import PREFIX as EVENTQ_DLT
 from eventq.consumers.deadletter import REPLAY_COUNT, REPLAY_FROM, REPLAY_PREFIX
 from eventq.errors import ConsumerError
 from eventq.kafka import partition_counts
+from eventq.kafkarecords import printable
+from eventq.telemetry.logs import bounded
 
 # header name -> Letter field, per dialect
 _SPRING = {
@@ -124,27 +126,8 @@ LOG_FIELD_CHARS = 200  # at most this much of any letter's field goes into a log
 
 
 def clip(text: str | None, limit: int = LOG_FIELD_CHARS) -> str | None:
-    """``text`` cut to ``limit`` characters (with ``…`` and the full length), for log lines and reasons."""
-    if text is None or len(text) <= limit:
-        return text
-    return f"{text[:limit]}… ({len(text)} chars)"
-
-
-def display_name(name: str) -> str:
-    """A header name safe to print and JSON-encode: bytes that are not UTF-8 become U+FFFD."""
-    try:
-        raw = name.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate surrogateescape did not make (not \\udc80-\\udcff)
-        raw = name.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "replace")
-
-
-def raw_name(name: str) -> bytes:
-    """A header name's bytes on the wire (undoing ``surrogateescape``)."""
-    try:
-        return name.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogatepass")
+    """``text`` cut to ``limit`` characters, for log lines and reasons (see :func:`eventq.telemetry.logs.bounded`)."""
+    return bounded(text, limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +205,7 @@ class Letter:
     @property
     def undecodable_names(self) -> int:
         """How many header names are not UTF-8 (carry lone surrogates)."""
-        return sum(1 for n, _ in self.headers if display_name(n) != n)
+        return sum(1 for n, _ in self.headers if printable(n) != n)
 
     def problems(self) -> list[str]:
         """What the tools cannot read or show faithfully in this letter (empty: nothing)."""
@@ -264,7 +247,7 @@ class Letter:
             },
             "replay": {"count": self.replay_count, "from": list(self.replays)},
             "payload": _payload(self.value),
-            "headers": {display_name(n): _text(v) for n, v in self.headers},
+            "headers": {printable(n): _text(v) for n, v in self.headers},
         }
 
 

@@ -63,9 +63,10 @@ from opentelemetry.trace import Span
 
 from eventq.config import KafkaSettings
 from eventq.consumers.deadletter import REPLAY_AT, REPLAY_COUNT, REPLAY_FROM, REPLAY_RUN, TRACEPARENT
-from eventq.dlq.letters import UNREADABLE, Letter, admin_client, clip, display_name, scan
+from eventq.dlq.letters import UNREADABLE, Letter, admin_client, clip, scan
 from eventq.errors import ConfigError, ConsumerError, EventqError
 from eventq.kafka import translate
+from eventq.kafkarecords import printable
 from eventq.telemetry import Telemetry
 from eventq.telemetry import tracing as tr
 
@@ -444,7 +445,7 @@ def _end_span(span: Span, future: asyncio.Future[Any]) -> None:
 
 def _replay_headers(letter: Letter, run: str) -> list[tuple[str, bytes]]:
     # display_name: a name that is not UTF-8 cannot be sent as it is (see the module docstring).
-    headers = [(display_name(n), v) for n, v in letter.original_headers()]
+    headers = [(printable(n), v) for n, v in letter.original_headers()]
     headers.append((REPLAY_COUNT, str(letter.replay_count + 1).encode()))
     for earlier in letter.replays:
         headers.append((REPLAY_FROM, earlier.encode()))

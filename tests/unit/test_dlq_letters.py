@@ -14,7 +14,8 @@ import pytest
 
 from eventq.consumers.deadletter import DeadLetter, Failure, dead_letter_headers
 from eventq.dlq.inspect import TopicSummary, archive_line
-from eventq.dlq.letters import Letter, clip, display_name, parse
+from eventq.dlq.letters import Letter, clip, parse
+from eventq.kafkarecords import printable
 from tests.unit.fakes import Record
 
 SOURCE_MS = 1714564800123  # 2024-05-01T12:00:00.123Z: the failed record's own timestamp
@@ -501,10 +502,10 @@ def test_parse_of_an_object_that_is_no_record_keeps_what_it_can() -> None:
 
 def test_display_name_renders_undecodable_bytes_as_replacement_characters() -> None:
     """A header name read with surrogateescape prints as U+FFFD; a normal name is unchanged."""
-    assert display_name(BAD_NAME) == "\ufffd\ufffd"
-    assert display_name("x-\udcffname") == "x-\ufffdname"
-    assert display_name("ce_id") == "ce_id"
-    assert display_name("\ud800") == "\ufffd\ufffd\ufffd"  # not a surrogateescape surrogate: still no error
+    assert printable(BAD_NAME) == "\ufffd\ufffd"
+    assert printable("x-\udcffname") == "x-\ufffdname"
+    assert printable("ce_id") == "ce_id"
+    assert printable("\ud800") == "\ufffd\ufffd\ufffd"  # not a surrogateescape surrogate: still no error
 
 
 def test_as_dict_of_a_letter_with_an_undecodable_header_name_is_json() -> None:
@@ -565,7 +566,7 @@ def test_karafka_letters_carry_no_error_or_cause_class() -> None:
 def test_clip_bounds_text_and_says_how_long_it_was() -> None:
     """clip keeps text up to 200 characters whole and cuts longer text to 200 plus its length."""
     assert clip("a" * 200) == "a" * 200
-    assert clip("b" * 5000) == "b" * 200 + "… (5000 chars)"
+    assert clip("b" * 5000) == "b" * 200 + "…[5000 chars]"
     assert clip(None) is None
 
 

@@ -605,7 +605,7 @@ def test_decide_clips_a_huge_source_topic_in_its_reason() -> None:
     verdict, reason = _decide(letter, Filters(), None, 3, KNOWN)
 
     assert verdict == "failed"
-    assert reason == f"target topic {'t' * 200 + '… (10000 chars)'!r} does not exist"
+    assert reason == f"target topic {'t' * 200 + '…[10000 chars]'!r} does not exist"
 
 
 def test_replay_headers_replace_undecodable_names_with_replacement_characters() -> None:
