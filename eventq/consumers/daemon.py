@@ -109,6 +109,7 @@ class Consumer:
         self._producer = Producer(
             ProducerSettings(kafka=settings.kafka, schemas=app.schemas + settings.schemas), telemetry=telemetry
         )
+        self._producer.registry = self.registry  # follow-ups: the App's inline schemas too, loaded once
         self._processor: Processor | None = None
         self._slices: dict[TopicPartition, asyncio.Task[None]] = {}
         self._interrupts: dict[TopicPartition, Interrupt] = {}

@@ -101,8 +101,8 @@ class SchemaRegistry:
         """Load schemas from directories or package names, plus eventq's own and ``inline`` ones.
 
         ``inline`` maps a type to the schema given at its handler's registration, or to
-        None for a type its handler accepts unvalidated on purpose (it is then not in the
-        registry, so it is not validated). A type may be declared once: a later source,
+        None for a type its handler accepts unvalidated on purpose (it is then declared
+        with the empty schema, which any JSON fits, so it can be published too). A type may be declared once: a later source,
         or an inline schema (or None) for a type a file declares, raises ConfigError,
         because two declarations would make validation depend on load order.
         """
@@ -112,8 +112,7 @@ class SchemaRegistry:
             origins[event_type] = "its handler's schema=" if schema is not None else (
                 "its handler's schema=None (no validation)"
             )
-            if schema is not None:
-                found[event_type] = schema
+            found[event_type] = schema if schema is not None else {}
         all_sources = ([BUILTIN_PACKAGE] if builtin else []) + list(sources)
         for source in all_sources:
             for event_type, schema, origin in _read_source(source):
