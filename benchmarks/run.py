@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["producer.py", "consumer.py", "spans.py"]
+BENCHMARKS = ["producer.py", "consumer.py", "spans.py", "store.py"]
 
 
 def main() -> int:

@@ -56,6 +56,7 @@ from eventq.producers.settings import ProducerSettings
 from eventq.schemas.registry import SchemaRegistry
 from eventq.telemetry import Telemetry
 from eventq.telemetry import tracing as tr
+from eventq.telemetry.logs import bounded
 from eventq.telemetry.metrics import ConsumerMetrics
 
 log = structlog.get_logger("eventq.consumer")
@@ -547,7 +548,7 @@ class Consumer:
             # Not committed; rewind so the slice is fetched again instead of skipped.
             log.error(
                 "consumer.slice_failed", topic=tp.topic, partition=tp.partition, first_offset=items[0].record.offset,
-                error_type=type(exc).__name__, error=str(exc), exc_info=exc,
+                error_type=type(exc).__name__, error=bounded(str(exc), 1000), exc_info=exc,
             )
             consumer = self._consumer
             if consumer is not None and tp in consumer.assignment():
