@@ -102,9 +102,10 @@ class SchemaRegistry:
 
         ``inline`` maps a type to the schema given at its handler's registration, or to
         None for a type its handler accepts unvalidated on purpose (it is then declared
-        with the empty schema, which any JSON fits, so it can be published too). A type may be declared once: a later source,
-        or an inline schema (or None) for a type a file declares, raises ConfigError,
-        because two declarations would make validation depend on load order.
+        with the empty schema, which any JSON fits, so it can be published too). A type
+        may be declared once: a later source, or an inline schema (or None) for a type a
+        file declares, raises ConfigError, because two declarations would make validation
+        depend on load order.
         """
         found: dict[str, Mapping[str, Any]] = {}
         origins: dict[str, str] = {}
