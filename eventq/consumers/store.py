@@ -80,7 +80,9 @@ MIGRATIONS: tuple[tuple[int, str | tuple[str, ...]], ...] = (
 _MIGRATION_LOCK = 0x6576_656E_7471  # pg_advisory_lock key ("eventq"): one migrator at a time
 # Event ids that are not a lower-case UUID are stored as this UUIDv5 of the id text.
 _ID_NAMESPACE = uuid.UUID("5d1c3f0e-8f43-4c8b-9a57-6576656e7471")
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_CANONICAL_UUID = re.compile(_UUID)
+_CANONICAL_LIST = re.compile(f"(?:{_UUID},)*{_UUID}")  # a batch's ids, comma-joined, all their own row ids
 
 
 class Executor(Protocol):
@@ -156,19 +158,37 @@ async def finished(db: Executor, group: str, events: Sequence[Identity]) -> dict
     """
     if not events:
         return {}
-    keys: dict[str, list[Identity]] = {}
-    for identity in events:
-        keys.setdefault(row_id(identity[0]), []).append(identity)
     # Row ids travel as one comma-joined text parameter: asyncpg's per-element array
     # encoding cost more than the query itself (see docs/benchmarks.md). They are UUIDs
-    # that row_id() made, so no comma or quote from a record can reach the statement.
+    # (checked by one regex over the whole batch, or made by row_id()), so no comma or
+    # quote from a record can reach the statement.
+    joined = ",".join([event_id for event_id, _ in events])
+    keys: dict[str, list[Identity]] | None = None
+    if not _CANONICAL_LIST.fullmatch(joined):
+        keys = {}
+        for identity in events:
+            keys.setdefault(row_id(identity[0]), []).append(identity)
+        joined = ",".join(keys)
     rows = await db.fetch(
         "SELECT event_id::text, source, outcome FROM processed_events "
         "WHERE event_id = ANY(string_to_array($2, ',')::uuid[]) AND consumer_group = $1",
         group,
-        ",".join(keys),
+        joined,
     )
+    if not rows:
+        return {}
     found: dict[Identity, str] = {}
+    if keys is None:
+        wanted = dict(events)  # id -> source, built in C
+        if len(wanted) == len(events):  # (else an id from two sources: the general path)
+            for key, source, outcome in rows:
+                identity = (key, wanted[key])
+                if (source == "" or source == identity[1]) and found.get(identity) != "handled":
+                    found[identity] = outcome
+            return found
+        keys = {}
+        for identity in events:
+            keys.setdefault(identity[0], []).append(identity)
     for key, source, outcome in rows:
         for identity in keys.get(key, ()):
             if (source == "" or source == identity[1]) and found.get(identity) != "handled":
@@ -195,7 +215,11 @@ async def record(db: Executor, group: str, events: Sequence[Processed]) -> None:
     """
     if not events:
         return
-    keyed = [(row_id(e.event_id), e) for e in events]
+    joined = ",".join([e.event_id for e in events])
+    if _CANONICAL_LIST.fullmatch(joined):
+        keyed = [(e.event_id, e) for e in events]
+    else:
+        keyed = [(row_id(e.event_id), e) for e in events]
     if len({(key, e.source) for key, e in keyed}) != len(keyed):
         # One statement may not touch a row twice (the same event from two
         # partitions): keep one row per event, 'handled' over other outcomes.
@@ -205,18 +229,25 @@ async def record(db: Executor, group: str, events: Sequence[Processed]) -> None:
             if kept is None or (kept[1].outcome != "handled" and e.outcome == "handled"):
                 unique[(key, e.source)] = (key, e)
         keyed = list(unique.values())
+    # Topics and sources: the batch's few distinct values as one text[] parameter, and
+    # per row the index of its value (cheaper than a text[] element per row).
+    values: dict[str, int] = {}
+    topics = [str(values.setdefault(e.topic, len(values) + 1)) for _, e in keyed]
+    sources = [str(values.setdefault(e.source, len(values) + 1)) for _, e in keyed]
     await db.execute(
         'INSERT INTO processed_events (consumer_group, event_id, topic, partition, "offset", outcome, source) '
-        "SELECT $1, * FROM unnest(string_to_array($2, ',')::uuid[], $3::text[], "
+        "SELECT $1, r.id, ($7::text[])[r.t], r.p, r.o, r.c, ($7::text[])[r.s] "
+        "FROM unnest(string_to_array($2, ',')::uuid[], string_to_array($3, ',')::integer[], "
         "string_to_array($4, ',')::integer[], string_to_array($5, ',')::bigint[], string_to_array($6, ','), "
-        "$7::text[]) " + _ON_CONFLICT,
+        "string_to_array($8, ',')::integer[]) AS r(id, t, p, o, c, s) " + _ON_CONFLICT,
         group,
         ",".join([key for key, _ in keyed]),
-        [e.topic for _, e in keyed],
+        ",".join(topics),
         ",".join([str(e.partition) for _, e in keyed]),
         ",".join([str(e.offset) for _, e in keyed]),
         ",".join([e.outcome for _, e in keyed]),
-        [e.source for _, e in keyed],
+        list(values),
+        ",".join(sources),
     )
 
 
