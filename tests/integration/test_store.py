@@ -55,6 +55,35 @@ async def test_the_same_id_from_two_sources_is_two_events(conn: asyncpg.Connecti
     assert await conn.fetchval("SELECT count(*) FROM processed_events WHERE consumer_group = 'billing'") == 2
 
 
+async def test_a_second_source_of_an_id_recorded_later_or_in_the_same_batch_gets_its_own_row(
+    conn: asyncpg.Connection,
+) -> None:
+    """Two more sources of one id — one in a later statement, two in one statement — each get a row and are found."""
+    event_id = new_event_id()
+    await record(conn, "billing", [done(event_id, source="a")])
+    await record(conn, "billing", [done(event_id, source="b"), done(event_id, source="c", offset=1)])
+    found = await finished(conn, "billing", [(event_id, s) for s in ("a", "b", "c", "d")])
+    assert found == {(event_id, "a"): "handled", (event_id, "b"): "handled", (event_id, "c"): "handled"}
+    await record(conn, "billing", [done(event_id, source="b")])  # recorded again: nothing changes
+    assert await conn.fetchval("SELECT count(*) FROM processed_events WHERE consumer_group = 'billing'") == 3
+
+
+async def test_a_transactional_claim_of_another_sources_id_gets_its_own_row(database: str) -> None:
+    """claim() of (id, b) when (id, a) holds the id's key succeeds once, and a second claim of (id, b) fails."""
+    from eventq.consumers.store import claim
+
+    event_id = new_event_id()
+    conn = await asyncpg.connect(database)
+    try:
+        await record(conn, "billing", [done(event_id, source="a")])
+        assert await claim(conn, "billing", done(event_id, source="b")) is True
+        assert await claim(conn, "billing", done(event_id, source="b")) is False
+        assert await claim(conn, "billing", done(event_id, source="a")) is False
+        assert await ids_finished(conn, "billing", [event_id], source="b") == {event_id}
+    finally:
+        await conn.close()
+
+
 async def test_any_string_id_and_hostile_text_are_recorded_as_data(conn: asyncpg.Connection) -> None:
     """Ids that are not UUIDs, and topics and sources with commas, quotes and newlines, are stored and found."""
     ids = ["A234-1234-1234", "x" * 10_000, "a,b", "'; DROP TABLE processed_events; --", "01A2-UPPER"]
@@ -65,6 +94,14 @@ async def test_any_string_id_and_hostile_text_are_recorded_as_data(conn: asyncpg
     assert set(found) == {(i, source) for i in ids}
     topics = await conn.fetch("SELECT DISTINCT topic FROM processed_events WHERE consumer_group = 'billing'")
     assert [r["topic"] for r in topics] == ["orders,x"]
+
+
+async def test_a_topic_and_a_source_of_the_same_text_are_recorded(conn: asyncpg.Connection) -> None:
+    """A batch whose one topic and one source are the same string records both columns."""
+    event_id = new_event_id()
+    await record(conn, "billing", [Processed(event_id, "orders", 0, 0, "handled", "orders")])
+    row = await conn.fetchrow("SELECT topic, source FROM processed_events WHERE consumer_group = 'billing'")
+    assert (row["topic"], row["source"]) == ("orders", "orders")
 
 
 async def test_a_row_from_before_sources_were_recorded_matches_any_source(conn: asyncpg.Connection) -> None:
@@ -171,12 +208,11 @@ async def test_two_racing_claims_of_one_event_let_exactly_one_transaction_win(da
 
 
 async def test_migration_3_upgrades_a_table_with_rows_while_several_migrate_at_once(database: str) -> None:
-    """A version-2 table with rows upgrades to (source, id) keys under three concurrent migrators; old rows dedupe."""
+    """A version-2 table with rows gets its source column under three concurrent migrators; old rows still dedupe."""
     setup = await asyncpg.connect(database)
     try:
         await setup.execute("DROP TABLE processed_events; DELETE FROM eventq_schema_migrations")
         for version, ddl in MIGRATIONS[:2]:
-            assert isinstance(ddl, str)
             await setup.execute(ddl)
             await setup.execute("INSERT INTO eventq_schema_migrations (version) VALUES ($1)", version)
         old = [new_event_id() for _ in range(2000)]
@@ -193,10 +229,12 @@ async def test_migration_3_upgrades_a_table_with_rows_while_several_migrate_at_o
         assert await ids_finished(conns[0], "billing", old[:10], source="anyone") == set(old[:10])
         fresh = new_event_id()
         await record(conns[0], "billing", [done(fresh, source="a"), done(fresh, source="b")])
+        assert await ids_finished(conns[0], "billing", [fresh], source="a") == {fresh}
+        assert await ids_finished(conns[0], "billing", [fresh], source="b") == {fresh}
         key = await conns[0].fetchval(
             "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'processed_events_pkey'"
         )
-        assert key == "PRIMARY KEY (event_id, consumer_group, source)"
+        assert key == "PRIMARY KEY (event_id, consumer_group)"  # as narrow as before
     finally:
         for c in conns:
             await c.close()
