@@ -207,6 +207,9 @@ async def run_fault(
     return result
 
 
+FULL_RUN_EVENTS = 10_000  # from this size on, every planned crash point must be hit
+
+
 @dataclass
 class _Run:
     """The state of one fault run while its phases go on."""
@@ -271,7 +274,13 @@ class _Run:
             kills = sum(d.how == "kill-9" for d in self.workers.deaths)
             missing = sorted(planned - fired)
             figure = f"crash points hit: {', '.join(sorted(fired)) or 'none'}; kill -9: {kills}"
-            return checks.Verdict(not missing and kills > 0, figure + (f"; never hit: {missing}" if missing else ""))
+            # A short run (the CI subset) may end its fault window before a worker reaches
+            # its K-th slice: that crash point was legitimately not reached, and says so.
+            # It still needs one crash point and one kill -9; full runs need every point.
+            enough = not missing if len(self.workload.events) >= FULL_RUN_EVENTS else bool(fired)
+            if missing:
+                figure += f"; never hit: {missing}" + ("" if enough else " (required in full runs)")
+            return checks.Verdict(enough and kills > 0, figure)
         if fault.name == "baseline" or fault.kill_replay:
             return checks.Verdict(True, "nothing injected" if fault.name == "baseline" else "see the replay")
         return checks.Verdict(injected > 0, f"{injected} actions")
