@@ -15,7 +15,6 @@ lookups are index probes and inserts append (docs/adr/0006-consumer-daemon.md).
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 
 import asyncpg
 
-# Versioned DDL; applied in order by migrate(), each version once, each in a transaction.
+# Versioned DDL; applied in order by migrate(), each version once.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
         1,
@@ -67,7 +66,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     ),
 )
 
-_MIGRATION_LOCK = 0x6576_656E_7471  # pg_advisory_lock key ("eventq"): one migrator at a time
+_MIGRATION_LOCK = 0x6576_656E_7471  # pg_advisory_xact_lock key ("eventq"): one migrator at a time
 # Event ids that are not a lower-case UUID are stored as this UUIDv5 of the id text.
 _ID_NAMESPACE = uuid.UUID("5d1c3f0e-8f43-4c8b-9a57-6576656e7471")
 # The key of an event whose id's own key holds another source's event: a UUIDv5 of both.
@@ -132,15 +131,12 @@ def alternate_id(event_id: str, source: str) -> str:
 async def migrate(conn: asyncpg.Connection) -> list[int]:
     """Apply the migrations this database lacks; return their versions.
 
-    Idempotent, and safe when several daemons start at once: an advisory lock lets one
-    migrate while the others wait and then find nothing to do. No migration holds a
-    lock on ``processed_events`` that stops the daemons for long (see MIGRATIONS).
+    Idempotent, and safe when several daemons start at once: a transaction-scoped
+    advisory lock lets one migrate while the others wait and then find nothing to do.
+    No migration rewrites ``processed_events`` or locks it for long (see MIGRATIONS).
     """
-    # Polled, not waited for: a session blocked in pg_advisory_lock holds a transaction
-    # open, which a migration building an index CONCURRENTLY would wait for.
-    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATION_LOCK):
-        await asyncio.sleep(0.1)
-    try:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS eventq_schema_migrations ("
             " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -148,15 +144,11 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
         done = {row["version"] for row in await conn.fetch("SELECT version FROM eventq_schema_migrations")}
         applied = []
         for version, ddl in MIGRATIONS:
-            if version in done:
-                continue
-            async with conn.transaction():
+            if version not in done:
                 await conn.execute(ddl)
                 await conn.execute("INSERT INTO eventq_schema_migrations (version) VALUES ($1)", version)
-            applied.append(version)
+                applied.append(version)
         return applied
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
 
 
 Identity = tuple[str, str]  # (event id, source): how CloudEvents tell events apart
