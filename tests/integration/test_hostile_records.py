@@ -207,3 +207,30 @@ async def test_a_letter_too_large_for_an_existing_dead_letter_topic_is_sent_with
     assert found[OMITTED] == b"stacktrace,error-message,value"
     assert (found["eventq-dlt-offset"], found["eventq-dlt-topic"]) == (b"0", topic.encode())
     assert int(found["eventq-dlt-original-bytes"]) > 2_000_000
+
+
+async def test_a_letter_the_broker_refuses_as_too_large_is_resent_smaller_not_retried_as_it_is(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """With no known limit, a letter the broker refuses for its size arrives without its value, saying so."""
+    from eventq.consumers.deadletter import DeadLetter, DeadLetterSink, Failure, dead_letter_headers
+
+    topic = f"small-{uuid.uuid4().hex[:8]}.dlt"
+    await create_topics(kafka_settings, [topic], partitions=1, config={"max.message.bytes": "20000"})
+    letter = DeadLetter(
+        topic="orders", partition=0, offset=7, timestamp=0, key=b"k", value=b"z" * 50_000, headers=[],
+        group="g", failure=Failure(reason="invalid", error_type="x.Y", message="m" * 5_000, stacktrace="s" * 8_000),
+    )
+    sink = DeadLetterSink(kafka_settings, timeout_s=10)
+    await sink.start()
+    try:
+        async with asyncio.timeout(30):
+            await sink.send([(topic, letter.key, letter.value, dead_letter_headers(letter))])
+    finally:
+        await sink.stop()
+
+    [sent] = await read_to_end(kafka_settings, topic)
+    found = dict(sent.headers)
+    assert (sent.value, sent.key) == (None, b"k")
+    assert found[OMITTED] == b"stacktrace,error-message,value"
+    assert found["eventq-dlt-offset"] == b"7"
