@@ -2,16 +2,19 @@
 
 With :mod:`eventq.clikit` and the command groups it adds, the only place that
 configures logging (structlog) and the garbage collector, installs signal handlers,
-runs ``asyncio.run`` and turns errors into exit codes: 0 done, 1 failed (an eventq error, printed as one line
-saying what to do), 2 wrong usage (click's own).
+runs ``asyncio.run`` and turns errors into exit codes: 0 done, 1 failed (printed as one line
+saying what to do, never a traceback unless ``--traceback``), 2 wrong usage (click's own), 130 interrupted.
+
+Options override the ``EVENTQ_*`` variables, which the settings classes' ``from_env``
+read (see :mod:`eventq.clikit`); no option reads a variable itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import importlib
+import os
 import signal
 import sys
 from datetime import timedelta
@@ -21,9 +24,21 @@ from typing import Any
 import click
 import orjson
 
-from eventq.clikit import kafka_options, kafka_settings, run, telemetry_from_env
+from eventq.clikit import (
+    TRACEBACK_HINT,
+    Group,
+    database_options,
+    database_settings,
+    kafka_options,
+    kafka_settings,
+    one_line,
+    origin,
+    run,
+    settings,
+    telemetry_from_env,
+)
 from eventq.consumers import store
-from eventq.database import DEFAULT_DATABASE_URL, DatabaseSettings, connect
+from eventq.database import connect
 from eventq.devstack.commands import dev
 from eventq.dlq.commands import dlq
 from eventq.errors import EventqError
@@ -47,13 +62,25 @@ def tune_gc_for_daemon() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
-@click.group()
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MAX_PARTITIONS = 10_000  # per topic; Kafka's own limit is 2**31 - 1, far past what a cluster can hold
+
+
+@click.group(cls=Group)
 @click.option("--log-json/--log-console", default=None, help="Log format (default: JSON unless on a terminal).")
-@click.option("--log-level", default="INFO", envvar="EVENTQ_LOG_LEVEL", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-level", default=None, type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help="Least severe level logged (default: EVENTQ_LOG_LEVEL, else INFO).")
+@click.option("--traceback", "traceback", is_flag=True,
+              help="On failure, print the full traceback too (also: EVENTQ_DEBUG=1).")
 @click.version_option(package_name="eventq")
-def main(log_json: bool | None, log_level: str) -> None:
+def main(log_json: bool | None, log_level: str | None, traceback: bool) -> None:
     """eventq: an at-least-once event queue for Python on Apache Kafka."""
+    if log_level is None:
+        log_level = (os.environ.get("EVENTQ_LOG_LEVEL") or "INFO").strip().upper()
+        if log_level not in LOG_LEVELS:
+            raise click.ClickException(
+                f"EVENTQ_LOG_LEVEL={os.environ['EVENTQ_LOG_LEVEL']!r} is unknown; use {', '.join(LOG_LEVELS)}"
+            )
     configure_logging(json_logs=log_json, level=log_level.upper())
 
 
@@ -63,7 +90,7 @@ main.add_command(dlq)
 
 @main.command()
 @kafka_options
-@click.option("--topic", "-t", required=True, envvar="EVENTQ_TOPIC", help="Topic to publish to.")
+@click.option("--topic", "-t", default=None, help="Topic to publish to (default: EVENTQ_TOPIC).")
 @click.option("--type", "event_type", required=True, help="Event type, e.g. order.created.v1.")
 @click.option("--key", "-k", default=None, help="Partition key (events with one key stay in order).")
 @click.option("--data", "-d", default="{}", show_default=True, help="Payload as JSON.")
@@ -71,11 +98,11 @@ main.add_command(dlq)
 @click.option("--subject", default=None, help="CloudEvents subject.")
 @click.option("--correlation-id", default=None, help="Correlation id (default: the event's id).")
 @click.option("--causation-id", default=None, help="Id of the event that caused this one.")
-@click.option("--schemas", "schemas", multiple=True, envvar="EVENTQ_SCHEMAS",
-              help="Directory or package of <type>.json schemas (repeatable).")
+@click.option("--schemas", "schemas", multiple=True,
+              help="Directory or package of <type>.json schemas (repeatable; default: EVENTQ_SCHEMAS).")
 def publish(
-    bootstrap_servers: str,
-    topic: str,
+    bootstrap_servers: str | None,
+    topic: str | None,
     event_type: str,
     key: str | None,
     data: str,
@@ -90,7 +117,11 @@ def publish(
         payload = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON ({exc}); e.g. --data '{{\"n\": 1}}'", param_hint="--data") from exc
-    settings = ProducerSettings(kafka=kafka_settings(bootstrap_servers), schemas=schemas)
+    producer_settings = settings(
+        ProducerSettings, kafka=kafka_settings(bootstrap_servers), default_topic=topic, schemas=schemas or None
+    )
+    if producer_settings.default_topic is None:
+        raise click.UsageError("no topic: give --topic TOPIC or set EVENTQ_TOPIC")
 
     async def go() -> None:
         event = Event(
@@ -102,11 +133,11 @@ def publish(
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
-        producer = Producer(settings)
+        producer = Producer(producer_settings)
         # Refuse a bad payload before connecting: the answer does not depend on the broker.
         producer.registry.validate(event.type, event.data)
         async with producer:
-            published = await producer.publish(event, topic=topic)
+            published = await producer.publish(event)
         click.echo(
             f"published {published.event_id} to {published.topic} "
             f"partition {published.partition} offset {published.offset}"
@@ -124,9 +155,11 @@ def topics() -> None:
 @topics.command("create")
 @kafka_options
 @click.argument("names", nargs=-1, required=True)
-@click.option("--partitions", "-p", default=6, show_default=True, type=click.IntRange(min=1))
-@click.option("--replication-factor", "-r", default=1, show_default=True, type=click.IntRange(min=1))
-def topics_create(bootstrap_servers: str, names: tuple[str, ...], partitions: int, replication_factor: int) -> None:
+@click.option("--partitions", "-p", default=6, show_default=True, type=click.IntRange(1, MAX_PARTITIONS))
+@click.option("--replication-factor", "-r", default=1, show_default=True, type=click.IntRange(1, 2**15 - 1))
+def topics_create(
+    bootstrap_servers: str | None, names: tuple[str, ...], partitions: int, replication_factor: int
+) -> None:
     """Create the NAMES topics that do not exist yet."""
     created = run(
         create_topics(
@@ -137,29 +170,20 @@ def topics_create(bootstrap_servers: str, names: tuple[str, ...], partitions: in
         click.echo(f"{name}: {'created' if name in created else 'exists'}")
 
 
-def _database(url: str) -> DatabaseSettings:
-    try:
-        return dataclasses.replace(DatabaseSettings.from_env(), url=url)
-    except EventqError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 _AGE_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+_UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+MAX_AGE_DAYS = 36_500  # a hundred years: older is a typo, and datetime stops at year 1
 
 
 def parse_age(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
-    """Click callback: a duration such as 30d, 12h or 90m."""
+    """Click callback: a duration such as 30d, 12h or 90m, at most MAX_AGE_DAYS."""
     text = value.strip()
     number, unit = text[:-1], text[-1:]
-    if unit not in _AGE_UNITS or not number.isdigit() or int(number) == 0:
+    if unit not in _AGE_UNITS or not (number.isascii() and number.isdigit()) or int(number) == 0:
         raise click.BadParameter(f"{text!r} is not a duration; use a whole number with d, h, m or s, e.g. 30d")
+    if int(number) * _UNIT_SECONDS[unit] > MAX_AGE_DAYS * 86_400:
+        raise click.BadParameter(f"{text!r} is longer than {MAX_AGE_DAYS}d (100 years); use a shorter age")
     return timedelta(**{_AGE_UNITS[unit]: int(number)})
-
-
-database_url_option = click.option(
-    "--database-url", envvar="EVENTQ_DATABASE_URL", default=DEFAULT_DATABASE_URL, show_default="the dev stack's",
-    help="PostgreSQL URL.",
-)
 
 
 @main.group()
@@ -168,12 +192,13 @@ def db() -> None:
 
 
 @db.command("migrate")
-@database_url_option
-def db_migrate(database_url: str) -> None:
+@database_options
+def db_migrate(database_url: str | None) -> None:
     """Create or update eventq's tables (safe to run from several places at once)."""
+    db_settings = database_settings(database_url)
 
     async def go() -> list[int]:
-        conn = await connect(_database(database_url))
+        conn = await connect(db_settings)
         try:
             return await store.migrate(conn)
         finally:
@@ -184,20 +209,21 @@ def db_migrate(database_url: str) -> None:
 
 
 @db.command("purge")
-@database_url_option
+@database_options
 @click.option(
     "--older-than", required=True, callback=parse_age, help="Delete rows recorded longer ago than this, e.g. 30d."
 )
 @click.option("--group", default=None, help="Only this consumer group's rows.")
-def db_purge(database_url: str, older_than: timedelta, group: str | None) -> None:
+def db_purge(database_url: str | None, older_than: timedelta, group: str | None) -> None:
     """Delete old processed_events rows.
 
     Keep rows longer than Kafka can redeliver an event to the group (topic retention,
     offset resets): a redelivered event without its row runs its handler again.
     """
+    db_settings = database_settings(database_url)
 
     async def go() -> int:
-        conn = await connect(_database(database_url))
+        conn = await connect(db_settings)
         try:
             return await store.purge(conn, older_than, group=group)
         finally:
@@ -205,6 +231,13 @@ def db_purge(database_url: str, older_than: timedelta, group: str | None) -> Non
 
     age = f"{older_than.days}d" if older_than == timedelta(days=older_than.days) else str(older_than)
     click.echo(f"deleted {run(go())} processed_events rows recorded more than {age} ago")
+
+
+def _import_failed(module_name: str, exc: Exception) -> click.ClickException:
+    where = origin(exc)
+    return click.ClickException(
+        f"importing {module_name!r} failed: {one_line(exc)}" + (f" ({where})" if where else "") + f"; {TRACEBACK_HINT}"
+    )
 
 
 def load_app(ctx: click.Context, param: click.Parameter, value: str) -> Any:
@@ -219,13 +252,15 @@ def load_app(ctx: click.Context, param: click.Parameter, value: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        if exc.name and (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
             raise click.BadParameter(
                 f"module {module_name!r} not found; run from the directory that contains it or install it"
             ) from exc
-        raise
+        raise _import_failed(module_name, exc) from exc
     except EventqError as exc:
         raise click.BadParameter(f"importing {module_name!r} failed: {exc}") from exc
+    except Exception as exc:  # the user's module raised at import: say where, not how deep
+        raise _import_failed(module_name, exc) from exc
     app = getattr(module, attribute, None)
     if not isinstance(app, App):
         found = type(app).__name__ if app is not None else "nothing"
@@ -236,21 +271,26 @@ def load_app(ctx: click.Context, param: click.Parameter, value: str) -> Any:
 @main.command()
 @click.argument("app", metavar="MODULE:APP", callback=load_app)
 @kafka_options
-@database_url_option
-@click.option("--group", envvar="EVENTQ_GROUP", default=None, help="Consumer group (default: the App's name).")
-@click.option("--topic", "topics", multiple=True, help="Topic to consume (repeatable; default: the App's topics).")
+@database_options
+@click.option("--group", default=None, help="Consumer group (default: EVENTQ_GROUP, else the App's name).")
+@click.option("--topic", "topics", multiple=True,
+              help="Topic to consume (repeatable; default: EVENTQ_TOPICS, else the App's topics).")
 @click.option("--until-idle", is_flag=True, help="Exit 0 once every assigned partition is processed to its end.")
-@click.option("--ordering", type=click.Choice(["partition", "key"]), envvar="EVENTQ_ORDERING", default=None,
-              help="partition: one event at a time per partition; key: keys of a partition concurrently.")
-@click.option("--max-batch-size", type=click.IntRange(min=1), envvar="EVENTQ_MAX_BATCH_SIZE", default=None)
-@click.option("--max-attempts", type=click.IntRange(min=1), envvar="EVENTQ_MAX_ATTEMPTS", default=None)
-@click.option("--health-port", type=click.IntRange(0, 65535), envvar="EVENTQ_HEALTH_PORT", default=None,
-              help="Serve /livez, /readyz and /metrics (Prometheus) on this port (0: any free port).")
+@click.option("--ordering", type=click.Choice(["partition", "key"]), default=None,
+              help="partition: one event at a time per partition; key: keys of a partition concurrently "
+                   "(default: EVENTQ_ORDERING, else partition).")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=None,
+              help="Records per poll (default: EVENTQ_MAX_BATCH_SIZE, else 500).")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=None,
+              help="Handler attempts before dead-lettering (default: EVENTQ_MAX_ATTEMPTS, else 5).")
+@click.option("--health-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /livez, /readyz and /metrics (Prometheus) on this port (0: any free port; "
+                   "default: EVENTQ_HEALTH_PORT, else off).")
 @click.option("--migrate", is_flag=True, help="Apply database migrations before starting.")
 def consume(
     app: Any,
-    bootstrap_servers: str,
-    database_url: str,
+    bootstrap_servers: str | None,
+    database_url: str | None,
     group: str | None,
     topics: tuple[str, ...],
     until_idle: bool,
@@ -269,25 +309,15 @@ def consume(
     """
     from eventq.consumers import Consumer, ConsumerSettings
 
-    try:
-        base = ConsumerSettings.from_env()
-        overrides: dict[str, Any] = {
-            "kafka": dataclasses.replace(base.kafka, bootstrap_servers=bootstrap_servers),
-            "database": dataclasses.replace(base.database, url=database_url),
-        }
-        for name, value in (("group_id", group), ("ordering", ordering), ("max_batch_size", max_batch_size),
-                            ("max_attempts", max_attempts), ("health_port", health_port)):
-            if value is not None:
-                overrides[name] = value
-        if topics:
-            overrides["topics"] = topics
-        settings = dataclasses.replace(base, **overrides)
-    except EventqError as exc:
-        raise click.ClickException(str(exc)) from exc
+    consumer_settings = settings(
+        ConsumerSettings, kafka=kafka_settings(bootstrap_servers), database=database_settings(database_url),
+        group_id=group, topics=topics or None, ordering=ordering, max_batch_size=max_batch_size,
+        max_attempts=max_attempts, health_port=health_port,
+    )
 
     async def go(daemon: Consumer) -> None:
         if migrate:
-            conn = await connect(settings.database)
+            conn = await connect(consumer_settings.database)
             try:
                 await store.migrate(conn)
             finally:
@@ -298,9 +328,10 @@ def consume(
         tune_gc_for_daemon()
         await daemon.run(until_idle=until_idle)
 
-    with telemetry_from_env(settings.group_id or app.name, prometheus=settings.health_port is not None):
+    with telemetry_from_env(consumer_settings.group_id or app.name,
+                            prometheus=consumer_settings.health_port is not None):
         try:
-            daemon = Consumer(app, settings)
+            daemon = Consumer(app, consumer_settings)
         except EventqError as exc:
             raise click.ClickException(str(exc)) from exc
         run(go(daemon))
@@ -308,12 +339,12 @@ def consume(
 
 @main.command()
 @kafka_options
-@database_url_option
+@database_options
 @click.option("--topic", default="demo.orders", show_default=True)
 @click.option("--events", "count", default=1000, show_default=True, type=click.IntRange(min=20))
 @click.option("--trace-file", default=".eventq/demo-spans.jsonl", show_default=True, type=click.Path(dir_okay=False),
               help="Where to write the demo's spans (the file is replaced each run).")
-def demo(bootstrap_servers: str, database_url: str, topic: str, count: int, trace_file: str) -> None:
+def demo(bootstrap_servers: str | None, database_url: str | None, topic: str, count: int, trace_file: str) -> None:
     """Publish demo orders, consume them with a daemon, dead-letter the one that always fails, replay it.
 
     Ends by printing the failed order's trace from the span file (also: eventq trace ID --file FILE).
@@ -338,7 +369,7 @@ def demo(bootstrap_servers: str, database_url: str, topic: str, count: int, trac
     Path(trace_file).parent.mkdir(parents=True, exist_ok=True)
     Path(trace_file).unlink(missing_ok=True)
     with telemetry_from_env("eventq-demo", trace_file=trace_file):
-        run(run_demo(kafka_settings(bootstrap_servers), _database(database_url), topic=topic, count=count,
+        run(run_demo(kafka_settings(bootstrap_servers), database_settings(database_url), topic=topic, count=count,
                      echo=click.echo, show_trace=show_trace))
 
 

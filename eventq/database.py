@@ -9,58 +9,103 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
-from eventq.config import env_float, env_str
+from eventq.config import MAX_SECONDS, check_seconds, env_float, env_str, read_env
 from eventq.errors import ConfigError, DatabaseUnavailable
+from eventq.redact import redact
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54320/eventq"  # the dev stack's
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # libpq's
+
+
+def _ports(netloc: str) -> list[str]:
+    """The port of each ``host[:port]`` of a (multi-host) netloc; "" where none is given."""
+    hosts = netloc.rpartition("@")[2]
+    ports = []
+    for host in hosts.split(","):
+        if host.startswith("["):  # [IPv6]:port
+            ports.append(host.partition("]")[2].removeprefix(":"))
+        else:
+            ports.append(host.rpartition(":")[2] if ":" in host else "")
+    return ports
 
 
 @dataclass(frozen=True, kw_only=True)
 class DatabaseSettings:
-    """Where PostgreSQL is. The URL's password is kept out of ``repr`` and messages."""
+    """Where PostgreSQL is. Passwords in the URL are kept out of ``repr`` and messages.
+
+    The URL is checked on construction as far as it can be without connecting (scheme,
+    host, ports, ``sslmode``): a bad one raises ConfigError naming EVENTQ_DATABASE_URL,
+    showing the URL redacted.
+    """
 
     url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
     connect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
-            raise ConfigError(
-                f"database URL {self.safe_url!r} is not a PostgreSQL URL; set EVENTQ_DATABASE_URL "
-                "to postgresql://user[:password]@host:port/database"
-            )
+        fix = "set EVENTQ_DATABASE_URL to postgresql://user[:password]@host:port/database"
+        try:
+            parts = urlsplit(self.url)
+        except ValueError as exc:  # e.g. an unclosed [IPv6 bracket
+            raise ConfigError(f"database URL {self.safe_url!r} cannot be parsed ({exc}); {fix}") from None
+        if parts.scheme not in ("postgresql", "postgres") or not parts.netloc.rpartition("@")[2]:
+            raise ConfigError(f"database URL {self.safe_url!r} is not a PostgreSQL URL; {fix}")
+        for port in _ports(parts.netloc):
+            if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+                raise ConfigError(
+                    f"database URL {self.safe_url!r} has port {port!r}; a port is a number from 1 to 65535 "
+                    "(EVENTQ_DATABASE_URL)"
+                )
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if name.lower() == "sslmode" and value not in SSLMODES:
+                raise ConfigError(
+                    f"database URL {self.safe_url!r} has sslmode={value!r}; use one of {', '.join(SSLMODES)} "
+                    "(EVENTQ_DATABASE_URL)"
+                )
+        check_seconds(self.connect_timeout_s, "connect_timeout_s", "EVENTQ_DB_CONNECT_TIMEOUT_S")
+        if self.connect_timeout_s <= 0:
+            raise ConfigError("connect_timeout_s must be positive (EVENTQ_DB_CONNECT_TIMEOUT_S)")
 
     @property
     def safe_url(self) -> str:
-        """The URL with any password replaced by ``***``: safe to log and show."""
-        parts = urlsplit(self.url)
-        if parts.password is None:
-            return self.url
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return parts._replace(netloc=netloc).geturl()
+        """The URL with every password (user-info, ``password=``, ``sslpassword=``) as ``***``: safe to log."""
+        return redact(self.url)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> DatabaseSettings:
-        """Read ``EVENTQ_DATABASE_URL`` and ``EVENTQ_DB_CONNECT_TIMEOUT_S``."""
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> DatabaseSettings:
+        """Read ``EVENTQ_DATABASE_URL`` and ``EVENTQ_DB_CONNECT_TIMEOUT_S``; ``overrides`` win."""
         e = os.environ if env is None else env
-        return cls(
-            url=env_str(e, "EVENTQ_DATABASE_URL", DEFAULT_DATABASE_URL) or DEFAULT_DATABASE_URL,
-            connect_timeout_s=env_float(e, "EVENTQ_DB_CONNECT_TIMEOUT_S", 5.0),
-        )
+        return read_env(cls, {
+            "url": lambda: env_str(e, "EVENTQ_DATABASE_URL", DEFAULT_DATABASE_URL) or DEFAULT_DATABASE_URL,
+            "connect_timeout_s": lambda: env_float(
+                e, "EVENTQ_DB_CONNECT_TIMEOUT_S", 5.0, minimum=0.001, maximum=MAX_SECONDS
+            ),
+        }, overrides)
 
 
 async def connect(settings: DatabaseSettings) -> asyncpg.Connection:
-    """One connection; raises DatabaseUnavailable (retriable) if PostgreSQL does not answer."""
+    """One connection; raises DatabaseUnavailable (retriable) if PostgreSQL does not answer.
+
+    Whatever asyncpg raises is translated here, with the URL redacted: a URL it cannot use
+    becomes ConfigError naming EVENTQ_DATABASE_URL.
+    """
     try:
         return await asyncpg.connect(settings.url, timeout=settings.connect_timeout_s)
     except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
-        raise DatabaseUnavailable(settings.safe_url, f"{type(exc).__name__}: {exc}") from exc
+        raise DatabaseUnavailable(settings.safe_url, redact(f"{type(exc).__name__}: {exc}")) from exc
     except asyncpg.PostgresError as exc:
-        raise DatabaseUnavailable(settings.safe_url, f"{type(exc).__name__}: {exc}", retriable=False) from exc
+        raise DatabaseUnavailable(
+            settings.safe_url, redact(f"{type(exc).__name__}: {exc}"), retriable=False
+        ) from exc
+    except (asyncpg.ClientConfigurationError, ValueError, TypeError, OverflowError) as exc:
+        raise ConfigError(
+            f"database URL {settings.safe_url!r} cannot be used: {redact(str(exc))}; fix EVENTQ_DATABASE_URL "
+            "(postgresql://user[:password]@host:port/database)"
+        ) from exc
 
 
 def is_outage(exc: BaseException) -> bool:

@@ -95,7 +95,7 @@ async def run_demo(
     created = await create_topics(kafka, [topic], partitions=6)
     echo(f"topic        {topic}: {'created' if created else 'exists'} (6 partitions)")
 
-    async with Producer(ProducerSettings(kafka=kafka, default_topic=topic)) as producer:
+    async with Producer(ProducerSettings.from_env(kafka=kafka, default_topic=topic)) as producer:
         first = _order(0)
         landed = await producer.publish(first)
         echo(f"publish      {first.type} {first.id} -> partition {landed.partition} offset {landed.offset}")

@@ -87,7 +87,7 @@ class Consumer:
         telemetry: Telemetry | None = None,
     ) -> None:
         self.app = app
-        self.settings = settings = settings or ConsumerSettings()
+        self.settings = settings = settings or ConsumerSettings.from_env()
         self.group = settings.group_id or app.name
         self.topics = settings.topics or app.topics
         if not self.topics:
@@ -108,7 +108,7 @@ class Consumer:
         self._pool: Any = None
         self._sink = DeadLetterSink(settings.kafka, timeout_s=settings.dead_letter_timeout_s)
         self._producer = Producer(
-            ProducerSettings(kafka=settings.kafka, schemas=app.schemas + settings.schemas), telemetry=telemetry
+            settings.producer_for(app.schemas), telemetry=telemetry
         )
         self._producer.registry = self.registry  # follow-ups: the App's inline schemas too, loaded once
         self._processor: Processor | None = None

@@ -23,6 +23,8 @@ from eventq.kafkarecords import printable
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
+MAX_AGE_DAYS = 36_500  # a hundred years: longer is a typo (and beyond what datetime can subtract)
 
 
 def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -32,7 +34,10 @@ def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) ->
     text = value.strip()
     match = _DURATION.match(text)
     if match:
-        return datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        number, unit = int(match.group(1)), match.group(2)
+        if number * _UNIT_SECONDS[unit] > MAX_AGE_DAYS * 86_400:
+            raise click.BadParameter(f"{text!r} is more than {MAX_AGE_DAYS}d (100 years) ago; use a shorter age")
+        return datetime.now(UTC) - timedelta(**{_UNITS[unit]: number})
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -77,7 +82,7 @@ def dlq() -> None:
 @click.argument("topic", required=False)
 @kafka_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def list_command(topic: str | None, bootstrap_servers: str, as_json: bool) -> None:
+def list_command(topic: str | None, bootstrap_servers: str | None, as_json: bool) -> None:
     """Dead-letter topics with counts, age, and failures grouped by error type and handler."""
     kafka = kafka_settings(bootstrap_servers)
 
@@ -116,7 +121,7 @@ def list_command(topic: str | None, bootstrap_servers: str, as_json: bool) -> No
 @click.option("--event-id", default=None, help="Find the letter(s) of this event id instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show_command(
-    topic: str, bootstrap_servers: str, offset: int | None, partition: int | None, event_id: str | None,
+    topic: str, bootstrap_servers: str | None, offset: int | None, partition: int | None, event_id: str | None,
     as_json: bool,
 ) -> None:
     """One dead letter whole: envelope, payload, origin, error, stack trace, attempts, replays."""
@@ -193,7 +198,7 @@ def _print_letter(letter: Letter) -> None:
 @click.option("--dry-run", is_flag=True, help="Only show what would be replayed.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (for scripts).")
 def replay_command(
-    topic: str, bootstrap_servers: str, since: datetime | None, until: datetime | None, error_type: str | None,
+    topic: str, bootstrap_servers: str | None, since: datetime | None, until: datetime | None, error_type: str | None,
     event_type: str | None, key: str | None, correlation_id: str | None, handler: str | None,
     offset_range: tuple[int, int] | None, to: str | None, run_name: str | None, max_replays: int,
     rate: float | None, limit: int | None, dry_run: bool, yes: bool,
@@ -254,7 +259,9 @@ def _print_report(report: ReplayReport) -> None:
               help="JSON-lines file to append to.")
 @click.option("--before", callback=parse_time, help="Only letters dead-lettered before this (ISO time or age).")
 @click.option("--delete", is_flag=True, help="Then delete the archived letters from the topic.")
-def archive_command(topic: str, bootstrap_servers: str, path: Path, before: datetime | None, delete: bool) -> None:
+def archive_command(
+    topic: str, bootstrap_servers: str | None, path: Path, before: datetime | None, delete: bool
+) -> None:
     """Export each partition's oldest dead letters as JSON lines (and optionally delete them).
 
     Kafka deletes only a partition's oldest records, so with --before the archive of a

@@ -141,6 +141,7 @@ class Producer:
     Use as ``async with Producer(settings) as producer:``; ``stop()`` waits up to
     ``delivery_timeout_s`` for events already handed to Kafka to be acknowledged, then
     fails the rest. Construction loads the schemas (ConfigError if a source is bad).
+    Without ``settings`` it uses :meth:`ProducerSettings.from_env` (the ``EVENTQ_*`` variables).
 
     With tracing on, each ``publish`` makes a ``send {topic}`` span and each event of
     ``publish_many`` a ``create {topic}`` span, whose context travels in the record's
@@ -149,7 +150,7 @@ class Producer:
     """
 
     def __init__(self, settings: ProducerSettings | None = None, *, telemetry: Telemetry | None = None) -> None:
-        self.settings = settings or ProducerSettings()
+        self.settings = settings if settings is not None else ProducerSettings.from_env()
         telemetry = telemetry or Telemetry()
         self._tracing = tr.Tracing(telemetry.tracer_provider)
         self._metrics = ProducerMetrics(telemetry.meter_provider)

@@ -25,6 +25,8 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
+from eventq.redact import redact_processor
+
 # The work being done in this context: a consumer Context or BatchContext.
 _current: ContextVar[Any] = ContextVar("eventq_log_context", default=None)
 
@@ -107,7 +109,8 @@ def configure_logging(*, json_logs: bool | None = None, level: str = "INFO") -> 
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        # redact_processor last: it must also see the formatted traceback (eventq/redact.py).
+        processors=[*shared, structlog.processors.format_exc_info, redact_processor, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(number),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         # Not cached: handlers log rarely, and tests can then capture every logger.
@@ -120,6 +123,7 @@ def configure_logging(*, json_logs: bool | None = None, level: str = "INFO") -> 
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redact_processor,
                 renderer,
             ],
         )

@@ -15,10 +15,10 @@ from eventq.errors import ConfigError
     ("fields", "message"),
     [
         ({"max_batch_size": 0}, "max_batch_size must be at least 1 (EVENTQ_MAX_BATCH_SIZE)"),
-        ({"ordering": "random"}, "ordering 'random' is unknown; use partition or key"),
+        ({"ordering": "random"}, "ordering 'random' (EVENTQ_ORDERING) is unknown; use partition or key"),
         ({"backoff_initial_s": 5.0, "backoff_max_s": 1.0}, "backoff_max_s must be at least backoff_initial_s"),
         ({"backoff_jitter": 2}, "backoff_jitter must be between 0 and 1 (EVENTQ_BACKOFF_JITTER)"),
-        ({"on_unknown_type": "drop"}, "on_unknown_type 'drop' is unknown; use dead_letter or skip"),
+        ({"on_unknown_type": "drop"}, "on_unknown_type 'drop' (EVENTQ_ON_UNKNOWN_TYPE) is unknown"),
         ({"max_attempts": 0}, "max_attempts must be at least 1 (EVENTQ_MAX_ATTEMPTS)"),
         ({"health_port": 70000}, "health_port must be 0-65535"),
         ({"dead_letter_suffix": ""}, "dead_letter_suffix must not be empty"),
@@ -85,7 +85,7 @@ def test_from_env_without_variables_gives_the_defaults() -> None:
         ({"EVENTQ_CREATE_TOPICS": "maybe"}, "EVENTQ_CREATE_TOPICS='maybe' is not a boolean"),
         ({"EVENTQ_MAX_ATTEMPTS": "abc"}, "EVENTQ_MAX_ATTEMPTS='abc' is not an integer"),
         ({"EVENTQ_MAX_ATTEMPTS": "0"}, "EVENTQ_MAX_ATTEMPTS=0 is below the minimum of 1"),
-        ({"EVENTQ_ORDERING": "random"}, "ordering 'random' is unknown"),
+        ({"EVENTQ_ORDERING": "random"}, "EVENTQ_ORDERING='random' is unknown"),
         ({"EVENTQ_TOPICS": "orders.dlt"}, "topic 'orders.dlt' ends in the dead-letter suffix"),
     ],
 )
@@ -145,3 +145,56 @@ def test_backoff_stays_capped_for_very_many_attempts() -> None:
     """However many attempts were made, the delay is backoff_max_s, not an error."""
     settings = ConsumerSettings(backoff_initial_s=0.5, backoff_max_s=30.0, backoff_jitter=0)
     assert backoff_delay(1100, settings) == 30.0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"EVENTQ_MAX_BATCH_TIMEOUT_S": "inf"}, "EVENTQ_MAX_BATCH_TIMEOUT_S='inf' is not a finite number"),
+        ({"EVENTQ_MAX_POLL_INTERVAL_S": "inf"}, "EVENTQ_MAX_POLL_INTERVAL_S='inf' is not a finite number"),
+        ({"EVENTQ_SESSION_TIMEOUT_S": "nan"}, "EVENTQ_SESSION_TIMEOUT_S='nan' is not a finite number"),
+        ({"EVENTQ_SHUTDOWN_GRACE_S": "9e9"}, "EVENTQ_SHUTDOWN_GRACE_S=9e+09 is above the maximum"),
+        ({"EVENTQ_BACKOFF_JITTER": "1.5"}, "EVENTQ_BACKOFF_JITTER=1.5 is above the maximum of 1"),
+        ({"EVENTQ_HEALTH_PORT": "70000"}, "EVENTQ_HEALTH_PORT=70000 is above the maximum of 65535"),
+        ({"EVENTQ_ON_UNKNOWN_TYPE": "drop"}, "EVENTQ_ON_UNKNOWN_TYPE='drop' is unknown"),
+        ({"EVENTQ_AUTO_OFFSET_RESET": "middle"}, "EVENTQ_AUTO_OFFSET_RESET='middle' is unknown"),
+        ({"EVENTQ_LINGER_MS": "-5"}, "EVENTQ_LINGER_MS=-5 is below the minimum of 0"),
+        ({"EVENTQ_COMPRESSION": "bogus"}, "EVENTQ_COMPRESSION='bogus' is unknown"),
+        ({"EVENTQ_DATABASE_URL": "postgresql://u@h/db?sslmode=on"}, "has sslmode='on'"),
+    ],
+)
+def test_every_daemon_variable_is_checked_by_name(env: dict[str, str], message: str) -> None:
+    """Every variable the daemon reads, its producer's included, rejects a bad value naming the variable."""
+    with pytest.raises(ConfigError) as caught:
+        ConsumerSettings.from_env(env)
+    assert message in str(caught.value)
+
+
+def test_constructor_refuses_infinite_durations() -> None:
+    """ConsumerSettings built in code refuses an infinite or NaN duration, naming its variable."""
+    with pytest.raises(ConfigError, match=r"max_poll_interval_s must be a finite number.*EVENTQ_MAX_POLL_INTERVAL_S"):
+        ConsumerSettings(max_poll_interval_s=float("inf"))
+    with pytest.raises(ConfigError, match="max_batch_timeout_s"):
+        ConsumerSettings(max_batch_timeout_s=float("nan"))
+
+
+def test_daemon_producer_reads_the_producer_variables() -> None:
+    """from_env fills ``producer`` from the producer variables; producer_for gives it the daemon's Kafka and schemas."""
+    from eventq.config import KafkaSettings
+
+    settings = ConsumerSettings.from_env(
+        {"EVENTQ_MAX_EVENT_BYTES": "2000", "EVENTQ_LINGER_MS": "0", "EVENTQ_COMPRESSION": "gzip",
+         "EVENTQ_DELIVERY_TIMEOUT_S": "9", "EVENTQ_SCHEMAS": "extra.schemas"},
+        kafka=KafkaSettings(bootstrap_servers="k1:9092"),
+    )
+    producer = settings.producer_for(("app.schemas",))
+    assert (producer.max_event_bytes, producer.linger_ms, producer.compression) == (2000, 0, "gzip")
+    assert producer.delivery_timeout_s == 9
+    assert producer.kafka.bootstrap_servers == "k1:9092"
+    assert producer.schemas == ("app.schemas", "extra.schemas")
+
+
+def test_overrides_win_over_variables() -> None:
+    """from_env(**overrides) (what the CLI options pass) beats the variable without parsing it."""
+    settings = ConsumerSettings.from_env({"EVENTQ_MAX_ATTEMPTS": "zero", "EVENTQ_GROUP": "g1"}, max_attempts=3)
+    assert (settings.max_attempts, settings.group_id) == (3, "g1")
