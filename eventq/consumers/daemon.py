@@ -43,6 +43,7 @@ from eventq.consumers.committer import Committer, Recorder
 from eventq.consumers.deadletter import HEADROOM_BYTES, TRACEPARENT, DeadLetterSink, dead_letter_headers
 from eventq.consumers.health import HealthServer, Status, with_database
 from eventq.consumers.hooks import Hooks
+from eventq.consumers.probes import DatabaseProbe, Prober
 from eventq.consumers.processor import Processor
 from eventq.consumers.retrytopics import origin_of, retry_topic
 from eventq.consumers.settings import ConsumerSettings
@@ -103,6 +104,7 @@ class Consumer:
         self._metrics = ConsumerMetrics(telemetry.meter_provider, self.group)
         self.status = Status()
         self.health: HealthServer | None = None
+        self._prober: Prober | None = None
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._pool: Any = None
@@ -182,10 +184,13 @@ class Consumer:
         self._recorder = Recorder(self._pool, self.group, self.status)
         self._committer = Committer(self._consumer, self.hooks, self.status, tracing=self._tracing)
         self._committer.start()
+        # Asked in the background with or without a health port: outages are logged while idle too.
+        self._prober = Prober(self.status, database=DatabaseProbe(db), broker=self._probe)
+        self._prober.start()
         if s.health_port is not None:
             self.health = HealthServer(
-                self.status, s.health_host, s.health_port, probe=self._probe,
-                registry=self.telemetry.prometheus_registry,
+                self.status, s.health_host, s.health_port, registry=self.telemetry.prometheus_registry,
+                confirm=self._prober.confirm,
             )
             await self.health.start()
         log.info(
@@ -284,15 +289,9 @@ class Consumer:
         log.info("consumer.stopped", group=self.group)
 
     async def _probe(self) -> None:
-        """Ask PostgreSQL and Kafka whether they answer now (for /readyz; not logged: operations log)."""
-        self.status.database_answers = await answers(self._pool)
-        try:
-            async with asyncio.timeout(2):
-                assert self._consumer is not None
-                await self._consumer.topics()
-            self.status.broker_answers = True
-        except Exception:
-            self.status.broker_answers = False
+        """The prober's question to Kafka: a metadata request on the consumer's own client (it bounds it)."""
+        assert self._consumer is not None
+        await self._consumer.topics()
 
     def _lag(self) -> Iterator[tuple[str, int, int]]:
         """(topic, partition, records after the last commit) for each assigned partition with a known end."""
@@ -315,6 +314,8 @@ class Consumer:
             await self._recorder.stop()
         if self.health is not None:
             await self.health.stop()
+        if self._prober is not None:
+            await self._prober.stop()
         if self._consumer is not None:
             await self._consumer.stop()  # leaves the group: partitions move at once
             self._consumer = None

@@ -311,7 +311,11 @@ class Processor:
                 return True
             except Exception as caught:
                 error = caught.error if isinstance(caught, _DatabaseStep) else caught
-                if is_outage(error) and (isinstance(caught, _DatabaseStep) or not await answers(self.pool)):
+                if is_outage(error) and (
+                    isinstance(caught, _DatabaseStep)
+                    or not self.status.database_answers  # the daemon's own probe (busy pool or not)
+                    or not await answers(self.pool)
+                ):
                     # The database, not the handler, failed (eventq's own step, or the handler's
                     # query while eventq's database does not answer either): wait for it
                     # without using up attempts, then run the same attempt again.
