@@ -22,8 +22,9 @@ up: venv
 down: venv
 	$(BIN)/eventq dev down
 
+# The span file goes to the stack's own folder (EVENTQ_STACK_DIR), like the rest of its state.
 demo: up
-	$(BIN)/eventq --log-console demo
+	$(BIN)/eventq --log-console demo --trace-file "$${EVENTQ_STACK_DIR:-.eventq}/demo-spans.jsonl"
 
 test: up
 	$(BIN)/python -m pytest

@@ -18,19 +18,52 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from eventq.database import DatabaseSettings
 from eventq.errors import ConfigError
 
-__all__ = ["StackSettings"]
+__all__ = ["DATABASE", "StackSettings", "own_dsn"]
+
+DATABASE = "eventq"
+"""The database the stack's own PostgreSQL holds; :func:`own_dsn` points at it."""
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def own_dsn(pg_port: int) -> str:
+    """The DSN of the stack's own PostgreSQL on ``pg_port`` (what ``eventq dev up`` exports)."""
+    return f"postgresql://postgres@127.0.0.1:{pg_port}/{DATABASE}"
+
+
+def _is_own_dsn(url: str, pg_port: int) -> bool:
+    # What `eval "$(eventq dev up)"` exported, give or take the scheme alias and "localhost".
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("postgresql", "postgres")
+        and parts.username == "postgres"
+        and parts.password is None
+        and parts.hostname in _LOOPBACK
+        and port == pg_port
+        and parts.path == f"/{DATABASE}"
+        and not parts.query
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class StackSettings:
     """Where the dev stack lives and which loopback ports it uses.
 
-    ``database_url`` set means PostgreSQL is external: the stack never starts or stops
-    it and only checks that it is reachable. ``kafka_lib`` set means the Kafka jars are
-    taken from that folder and Maven is never run.
+    ``database_url`` set means PostgreSQL is external: ``up`` does not start the stack's
+    own cluster and only checks that the URL is reachable, and nothing ever stops it. The
+    stack's own DSN (:func:`own_dsn`, what ``eval "$(eventq dev up)"`` exports) is not
+    external: it is turned into None here, so that shell still starts and stops the
+    stack's own PostgreSQL. ``kafka_lib`` set means the Kafka jars are taken from that
+    folder and Maven is never run.
     """
 
     dir: Path
@@ -40,6 +73,10 @@ class StackSettings:
     database_url: str | None = None
     kafka_lib: Path | None = None
 
+    def __post_init__(self) -> None:
+        if self.database_url is not None and _is_own_dsn(self.database_url, self.pg_port):
+            object.__setattr__(self, "database_url", None)
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, *, cwd: Path | None = None
@@ -47,8 +84,9 @@ class StackSettings:
         """Read ``EVENTQ_STACK_DIR``, ``EVENTQ_DEV_KAFKA_PORT``, ``EVENTQ_DEV_CONTROLLER_PORT``,
         ``EVENTQ_DEV_PG_PORT``, ``EVENTQ_DATABASE_URL`` and ``EVENTQ_KAFKA_LIB``.
 
-        Empty variables count as unset. Raises :class:`ConfigError` naming the variable
-        for any invalid value.
+        Empty variables count as unset, and so does an ``EVENTQ_DATABASE_URL`` equal to
+        the stack's own DSN. Raises :class:`ConfigError` naming the variable for any
+        invalid value.
         """
         env = os.environ if environ is None else environ
         base = Path.cwd() if cwd is None else cwd
@@ -78,14 +116,8 @@ class StackSettings:
                 f"PostgreSQL {pg_port} (EVENTQ_DEV_PG_PORT); change one of them"
             )
         database_url = get("EVENTQ_DATABASE_URL")
-        if database_url is not None and not database_url.startswith(
-            ("postgresql://", "postgres://")
-        ):
-            raise ConfigError(
-                f"EVENTQ_DATABASE_URL={database_url!r} is not a PostgreSQL URL; use "
-                "postgresql://USER@HOST:PORT/DB, or unset it to let `eventq dev up` "
-                "start a local PostgreSQL"
-            )
+        if database_url is not None:
+            DatabaseSettings(url=database_url)  # the checks (and redaction) every command applies
         raw_lib = get("EVENTQ_KAFKA_LIB")
         kafka_lib = (base / raw_lib).resolve() if raw_lib is not None else None
         if kafka_lib is not None and not kafka_lib.is_dir():

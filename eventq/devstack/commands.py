@@ -51,13 +51,19 @@ class StackInfo:
     database_url: str
     services: tuple[ServiceStatus, ...]
 
+    external_database: bool = False
+
     @property
     def exports(self) -> list[str]:
-        """Shell lines that point eventq at this stack."""
-        return [
-            f"export EVENTQ_BOOTSTRAP_SERVERS={self.bootstrap_servers}",
-            f"export EVENTQ_DATABASE_URL={self.database_url}",
-        ]
+        """Shell lines that point eventq at this stack.
+
+        An external database is not exported: its URL is already in the environment
+        that named it, and it may carry a password, which is never printed.
+        """
+        lines = [f"export EVENTQ_BOOTSTRAP_SERVERS={self.bootstrap_servers}"]
+        if not self.external_database:
+            lines.append(f"export EVENTQ_DATABASE_URL={self.database_url}")
+        return lines
 
 
 def kafka_broker(settings: StackSettings) -> KafkaBroker:
@@ -79,76 +85,114 @@ def up(settings: StackSettings, *, progress: Progress | None = None) -> StackInf
     """Make sure Kafka and PostgreSQL are running; idempotent and fast when they are.
 
     Fetches the Kafka jars on first use. With ``settings.database_url`` set, PostgreSQL
-    is not started, only checked to be reachable. Raises :class:`DevStackError` or
-    :class:`~eventq.errors.ConfigError` with a message that says what to do.
+    is not started, only checked to be reachable (before anything is started). A failed
+    call leaves nothing half-running: if PostgreSQL fails after this call started the
+    broker, that broker is stopped again; services that were running before the call are
+    never stopped. Raises :class:`DevStackError` or :class:`~eventq.errors.ConfigError`
+    with a message that says what to do.
     """
     say = progress or (lambda _message: None)
     settings.dir.mkdir(parents=True, exist_ok=True)
     broker = kafka_broker(settings)
+    cluster = postgres_cluster(settings)
+    # The cheap checks come first, so that they fail before an 8 s broker start.
+    if settings.database_url is not None:
+        _check_external_database(settings.database_url)
+    elif not cluster.is_running():
+        _check_port(settings.pg_port, "PostgreSQL", "EVENTQ_DEV_PG_PORT")
+        find_pg_bindir()
+
+    started_kafka = False
     if broker.is_running():
         say(
             f"kafka     already running on {settings.bootstrap_servers} (pid {broker.pid()})"
         )
     else:
-        _check_port(settings.kafka_port, "Kafka broker", "EVENTQ_DEV_KAFKA_PORT")
-        _check_port(
-            settings.controller_port, "Kafka controller", "EVENTQ_DEV_CONTROLLER_PORT"
-        )
-        require_java()
-        if not kafka_jars_installed(settings):
-            say(
-                f"kafka     fetching Kafka {KAFKA_VERSION} jars with mvn (once; ~30 s)..."
-            )
-            began = time.monotonic()
-            ensure_kafka_jars(settings)
-            say(f"kafka     jars in {broker.lib} ({time.monotonic() - began:.1f} s)")
-        else:
-            ensure_kafka_jars(settings)
-        began = time.monotonic()
-        broker.start()
-        say(f"kafka     started on {settings.bootstrap_servers} (pid {broker.pid()}, "
-            f"{time.monotonic() - began:.1f} s)")  # fmt: skip
+        try:
+            _start_kafka(settings, broker, say)
+        except BaseException:
+            # A broker launched but interrupted before it was ready (Ctrl-C) must not stay.
+            broker.stop()
+            raise
+        started_kafka = True
 
-    if settings.database_url is not None:
-        _check_external_database(settings.database_url)
-        say("postgres  external database reachable (EVENTQ_DATABASE_URL)")
-        database_url = settings.database_url
-    else:
-        cluster = postgres_cluster(settings)
-        if cluster.is_running():
-            say(
-                f"postgres  already running on port {cluster.port} (pid {cluster.pid()})"
-            )
-        else:
-            _check_port(settings.pg_port, "PostgreSQL", "EVENTQ_DEV_PG_PORT")
-            find_pg_bindir()
-            began = time.monotonic()
-            cluster.start()
-            say(f"postgres  started on port {cluster.port} (pid {cluster.pid()}, "
-                f"{time.monotonic() - began:.1f} s)")  # fmt: skip
-        database_url = cluster.dsn
+    try:
+        database_url = _ensure_postgres(settings, cluster, say)
+    except BaseException as exc:
+        if not started_kafka:
+            raise
+        say(f"kafka     stopping the broker this command started (pid {broker.pid()})")
+        broker.stop()
+        if not isinstance(exc, (EventqError, OSError)):
+            raise  # Ctrl-C and the like: cleaned up, then passed on as they are
+        raise DevStackError(_rolled_back_message(exc)) from exc
     return StackInfo(
         bootstrap_servers=settings.bootstrap_servers,
         database_url=database_url,
+        external_database=settings.database_url is not None,
         services=tuple(status(settings)),
     )
+
+
+def _start_kafka(settings: StackSettings, broker: KafkaBroker, say: Progress) -> None:
+    _check_port(settings.kafka_port, "Kafka broker", "EVENTQ_DEV_KAFKA_PORT")
+    _check_port(settings.controller_port, "Kafka controller", "EVENTQ_DEV_CONTROLLER_PORT")
+    require_java()
+    if not kafka_jars_installed(settings):
+        say(f"kafka     fetching Kafka {KAFKA_VERSION} jars with mvn (once; ~30 s)...")
+        began = time.monotonic()
+        ensure_kafka_jars(settings)
+        say(f"kafka     jars in {broker.lib} ({time.monotonic() - began:.1f} s)")
+    else:
+        ensure_kafka_jars(settings)
+    began = time.monotonic()
+    broker.start()
+    say(f"kafka     started on {settings.bootstrap_servers} (pid {broker.pid()}, "
+        f"{time.monotonic() - began:.1f} s)")  # fmt: skip
+
+
+def _ensure_postgres(settings: StackSettings, cluster: PostgresCluster, say: Progress) -> str:
+    if settings.database_url is not None:
+        say("postgres  external database reachable (EVENTQ_DATABASE_URL)")
+        return settings.database_url
+    if cluster.is_running():
+        say(f"postgres  already running on port {cluster.port} (pid {cluster.pid()})")
+    else:
+        began = time.monotonic()
+        cluster.start()
+        say(f"postgres  started on port {cluster.port} (pid {cluster.pid()}, "
+            f"{time.monotonic() - began:.1f} s)")  # fmt: skip
+    return cluster.dsn
+
+
+def _rolled_back_message(exc: BaseException) -> str:
+    # One line that says what happened and what to do; the details (pg_ctl's output, the
+    # end of the log) follow on the next lines when the original error had them.
+    first, _, details = str(exc).partition("\n")
+    line = (
+        f"PostgreSQL: {first.rstrip(': ')}; the Kafka broker this command had started was "
+        "stopped again (nothing is left running); fix that and run `eventq dev up` again"
+    )
+    return f"{line}\n{details}" if details else line
 
 
 def down(settings: StackSettings) -> None:
     """Stop the broker and the stack's own PostgreSQL; data is kept. Idempotent.
 
-    An external database (``EVENTQ_DATABASE_URL``) is never touched.
+    Stops whatever of this stack's folder is running, whatever ``EVENTQ_DATABASE_URL``
+    says (so a shell configured by ``eval "$(eventq dev up)"`` stops what ``up`` started).
+    An external database (``EVENTQ_DATABASE_URL``) is never touched: only the cluster
+    whose data lives in this stack's folder is stopped.
     """
     errors: list[str] = []
     try:
         kafka_broker(settings).stop()
     except (OSError, DevStackError) as exc:
         errors.append(f"kafka: {exc}")
-    if settings.database_url is None:
-        try:
-            postgres_cluster(settings).stop()
-        except (OSError, DevStackError) as exc:
-            errors.append(f"postgres: {exc}")
+    try:
+        postgres_cluster(settings).stop()
+    except (OSError, DevStackError) as exc:
+        errors.append(f"postgres: {exc}")
     if errors:
         raise DevStackError("could not stop the dev stack:\n" + "\n".join(errors))
 

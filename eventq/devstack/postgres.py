@@ -17,13 +17,17 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from eventq.devstack import port_is_free, process_matches, read_pid, tail_lines
+from eventq.devstack import (
+    DATABASE,
+    own_dsn,
+    port_is_free,
+    process_matches,
+    read_pid,
+    tail_lines,
+)
 from eventq.errors import DevStackError
 
 __all__ = ["DATABASE", "PostgresCluster", "cluster_home", "find_pg_bindir"]
-
-DATABASE = "eventq"
-"""The database created in every cluster; :attr:`PostgresCluster.dsn` points at it."""
 
 _SERVICE_USER = "postgres"
 _BINARIES = ("initdb", "pg_ctl", "postgres", "psql")
@@ -111,7 +115,7 @@ class PostgresCluster:
     @property
     def dsn(self) -> str:
         """``postgresql://postgres@127.0.0.1:PORT/eventq``."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
+        return own_dsn(self.port)
 
     def pid(self) -> int | None:
         """The postmaster's pid if the cluster is running, else None."""

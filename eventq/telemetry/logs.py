@@ -11,7 +11,10 @@ Applications that configure structlog themselves can add the same processor.
 logging): JSON lines, or a readable console on a terminal; the standard library's
 loggers (aiokafka, asyncpg) are rendered the same way, from WARNING up (or ``level``
 if higher), and a message they repeat (aiokafka logs every reconnect attempt) is shown
-at most once per 30 s.
+at most once per 30 s. What aiokafka normally complains about while a fresh broker or
+consumer starts (the group coordinator not available yet, a new topic not yet in its
+metadata) is shown as one info line (``kafka.coordinator_not_ready``) during the first
+60 s, not as an error.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -94,6 +98,66 @@ class _OncePerWindow(logging.Filter):
         return True
 
 
+STARTUP_GRACE_S = 60.0
+
+# aiokafka's own (logger, message template) for what it normally logs at warning or error level
+# while it retries by itself at start-up (aiokafka/consumer/group_coordinator.py,
+# aiokafka/cluster.py), and the event name shown instead.
+_COORDINATOR_LOGGER = "aiokafka.consumer.group_coordinator"
+_LOOKUP_FAILED = "Group Coordinator Request failed: %s"
+_MARKED_DEAD = "Marking the coordinator dead (node %s)for group %s."
+_TOPIC_UNKNOWN = "Topic %s not found in cluster metadata"
+_STARTUP_NOISE = {
+    (_COORDINATOR_LOGGER, _LOOKUP_FAILED): "kafka.coordinator_not_ready",
+    (_COORDINATOR_LOGGER, _MARKED_DEAD): "kafka.coordinator_not_ready",
+    ("aiokafka.cluster", _TOPIC_UNKNOWN): "kafka.topic_not_in_metadata_yet",
+}
+# The coordinator lookup errors that mean "not set up yet" (a fresh broker creates
+# __consumer_offsets on the first lookup); any other, such as a refused connection, stays an error.
+_COORDINATOR_NOT_READY = frozenset(
+    {"GroupCoordinatorNotAvailableError", "NotCoordinatorForGroupError", "GroupLoadInProgressError"}
+)
+
+
+class _StartupNoise(logging.Filter):
+    """Turn aiokafka's known start-up complaints into an info line (or drop them above INFO).
+
+    Only for ``grace_s`` after it is created: later the same messages mean a real problem
+    and pass unchanged. Must run before :class:`_OncePerWindow`, which then shows each
+    event once per window.
+    """
+
+    def __init__(
+        self, level: int, grace_s: float = STARTUP_GRACE_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self._show = level <= logging.INFO
+        self._clock = clock
+        self._until = clock() + grace_s
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        event = _STARTUP_NOISE.get((record.name, str(record.msg)))
+        if event is None or self._clock() > self._until:
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        fields: dict[str, Any] = {"detail": record.getMessage()}
+        if record.msg == _LOOKUP_FAILED:
+            error = type(args[0]).__name__ if args else ""
+            if error not in _COORDINATOR_NOT_READY:
+                return True
+            fields["error"] = error
+        elif record.msg == _MARKED_DEAD and len(args) == 2:
+            fields["group"] = args[1]
+        elif record.msg == _TOPIC_UNKNOWN and args:
+            fields["topic"] = args[0]
+        if not self._show:
+            return False
+        record.__dict__.update(fields)  # rendered as key/value fields (ExtraAdder)
+        record.msg, record.args = event, ()
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def configure_logging(*, json_logs: bool | None = None, level: str = "INFO") -> None:
     """JSON lines when not on a terminal (or asked), readable console otherwise; stdlib logs alike."""
     if json_logs is None:
@@ -128,6 +192,7 @@ def configure_logging(*, json_logs: bool | None = None, level: str = "INFO") -> 
             ],
         )
     )
+    handler.addFilter(_StartupNoise(number))  # before _OncePerWindow: it renames what it demotes
     handler.addFilter(_OncePerWindow())
     root = logging.getLogger()
     for old in list(root.handlers):

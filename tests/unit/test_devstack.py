@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from eventq.devstack import StackSettings
+from eventq.devstack import StackSettings, commands
 from eventq.devstack.commands import dev
 from eventq.devstack.kafka import KafkaBroker, ensure_kafka_jars, require_java
 from eventq.devstack.postgres import cluster_home, find_pg_bindir
@@ -261,3 +261,137 @@ def test_cli_status_of_a_stopped_stack_exits_1(tmp_path: Path) -> None:
     lines = result.output.splitlines()
     assert lines[0].split()[:2] == ["kafka", "stopped"]
     assert lines[1].split()[:2] == ["postgres", "stopped"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres@127.0.0.1:15432/eventq",
+        "postgres://postgres@localhost:15432/eventq",
+    ],
+)
+def test_the_stacks_own_dsn_is_not_an_external_database(tmp_path: Path, url: str) -> None:
+    """EVENTQ_DATABASE_URL naming the stack's own PostgreSQL (what `dev up` exports) counts as unset."""
+    settings = StackSettings.from_env({"EVENTQ_DEV_PG_PORT": "15432", "EVENTQ_DATABASE_URL": url}, cwd=tmp_path)
+
+    assert settings.database_url is None
+    assert StackSettings(dir=tmp_path, pg_port=15432, database_url=url).database_url is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres@127.0.0.1:54320/eventq",  # another stack's port
+        "postgresql://postgres@db.internal:15432/eventq",
+        "postgresql://app@127.0.0.1:15432/eventq",
+        "postgresql://postgres@127.0.0.1:15432/other",
+        "postgresql://postgres:secret@127.0.0.1:15432/eventq",
+    ],
+)
+def test_any_other_database_url_stays_external(tmp_path: Path, url: str) -> None:
+    """A URL that differs from the stack's own DSN in host, port, user, password or database is external."""
+    settings = StackSettings.from_env({"EVENTQ_DEV_PG_PORT": "15432", "EVENTQ_DATABASE_URL": url}, cwd=tmp_path)
+
+    assert settings.database_url == url
+
+
+def test_unreachable_external_database_fails_before_anything_starts(tmp_path: Path) -> None:
+    """`dev up` with an unreachable EVENTQ_DATABASE_URL fails in one line before it even looks for java."""
+    env = {**_stack_env(tmp_path), "EVENTQ_DATABASE_URL": "postgresql://app@127.0.0.1:1/app", "PATH": str(tmp_path)}
+
+    result = CliRunner().invoke(dev, ["up"], env=env)
+
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "Error: EVENTQ_DATABASE_URL points at 127.0.0.1:1, which does not accept connections; start that "
+        "server, or unset EVENTQ_DATABASE_URL to let `eventq dev up` run a local PostgreSQL"
+    ]
+
+
+class FakeService:
+    """The part of KafkaBroker/PostgresCluster that `up` uses; ``fail`` makes start() raise it."""
+
+    def __init__(self, *, running: bool = False, fail: str | None = None) -> None:
+        self.running, self.fail = running, fail
+        self.calls: list[str] = []
+        self.lib, self.port, self.dsn = Path("/nowhere"), 1, "postgresql://postgres@127.0.0.1:1/eventq"
+
+    def is_running(self) -> bool:
+        return self.running
+
+    def pid(self) -> int | None:
+        return 4242 if self.running else None
+
+    def start(self) -> None:
+        self.calls.append("start")
+        if self.fail is not None:
+            raise DevStackError(self.fail)
+        self.running = True
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+        self.running = False
+
+
+@pytest.fixture
+def fake_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[StackSettings, FakeService, FakeService]:
+    """`up`'s settings with a fake broker and cluster, and no java, jars or PostgreSQL binaries needed."""
+    broker, cluster = FakeService(), FakeService()
+    monkeypatch.setattr(commands, "kafka_broker", lambda settings: broker)
+    monkeypatch.setattr(commands, "postgres_cluster", lambda settings: cluster)
+    for name in ("require_java", "ensure_kafka_jars", "find_pg_bindir"):
+        monkeypatch.setattr(commands, name, lambda *args: None)
+    monkeypatch.setattr(commands, "kafka_jars_installed", lambda settings: True)
+    monkeypatch.setattr(commands, "status", lambda settings: [])
+    env = {k: v for k, v in _stack_env(tmp_path).items() if v is not None}
+    return StackSettings.from_env(env), broker, cluster
+
+
+def test_postgres_failing_after_up_started_kafka_stops_that_kafka(
+    fake_stack: tuple[StackSettings, FakeService, FakeService],
+) -> None:
+    """When PostgreSQL fails after `up` started the broker, that broker is stopped and the error says what to do."""
+    settings, broker, cluster = fake_stack
+    cluster.fail = "starting PostgreSQL failed (exit 1):\npg_ctl: could not start server"
+
+    with pytest.raises(DevStackError) as raised:
+        commands.up(settings)
+
+    assert broker.calls == ["start", "stop"] and not broker.running
+    first, details = str(raised.value).split("\n", 1)
+    assert first == (
+        "PostgreSQL: starting PostgreSQL failed (exit 1); the Kafka broker this command had started was "
+        "stopped again (nothing is left running); fix that and run `eventq dev up` again"
+    )
+    assert details == "pg_ctl: could not start server"
+
+
+def test_postgres_failing_never_stops_a_kafka_that_was_already_running(
+    fake_stack: tuple[StackSettings, FakeService, FakeService],
+) -> None:
+    """A broker running before `up` was called stays running when PostgreSQL then fails."""
+    settings, broker, cluster = fake_stack
+    broker.running = True
+    cluster.fail = "starting PostgreSQL failed (exit 1):\npg_ctl: could not start server"
+
+    with pytest.raises(DevStackError, match="^starting PostgreSQL failed"):
+        commands.up(settings)
+
+    assert broker.calls == [] and broker.running
+
+
+def test_interrupted_up_stops_the_kafka_it_started(
+    fake_stack: tuple[StackSettings, FakeService, FakeService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while PostgreSQL starts stops the broker this call started and is passed on unchanged."""
+    settings, broker, cluster = fake_stack
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cluster, "start", interrupted)
+
+    with pytest.raises(KeyboardInterrupt):
+        commands.up(settings)
+
+    assert broker.calls == ["start", "stop"] and not broker.running

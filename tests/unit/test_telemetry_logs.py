@@ -11,9 +11,17 @@ from typing import Any
 
 import pytest
 import structlog
+from aiokafka.errors import GroupCoordinatorNotAvailableError, KafkaConnectionError, NotCoordinatorForGroupError
 from opentelemetry.sdk.trace import TracerProvider
 
-from eventq.telemetry.logs import _OncePerWindow, add_event_context, configure_logging, enter_work, exit_work
+from eventq.telemetry.logs import (
+    _OncePerWindow,
+    _StartupNoise,
+    add_event_context,
+    configure_logging,
+    enter_work,
+    exit_work,
+)
 
 
 @dataclass(frozen=True)
@@ -337,3 +345,99 @@ def test_stdlib_info_lines_are_dropped(restore_logging: None, capfd: pytest.Capt
     lines = json_lines(capfd.readouterr().err)
 
     assert lines == []
+
+
+# --- aiokafka's start-up noise -------------------------------------------------------------
+
+# Exactly how aiokafka logs them (aiokafka/consumer/group_coordinator.py, aiokafka/cluster.py).
+COORDINATOR = logging.getLogger("aiokafka.consumer.group_coordinator")
+CLUSTER = logging.getLogger("aiokafka.cluster")
+
+
+def test_coordinator_not_available_at_start_up_is_one_info_line(
+    restore_logging: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """aiokafka's coordinator complaints while a fresh broker sets up the group show as one info line, not errors."""
+    configure_logging(json_logs=True)
+
+    for _ in range(3):
+        COORDINATOR.error("Group Coordinator Request failed: %s", GroupCoordinatorNotAvailableError())
+    COORDINATOR.warning("Marking the coordinator dead (node %s)for group %s.", 1, "demo-billing")
+    COORDINATOR.error("Group Coordinator Request failed: %s", NotCoordinatorForGroupError())
+    lines = json_lines(capfd.readouterr().err)
+
+    assert len(lines) == 1
+    (line,) = lines
+    assert (line["event"], line["level"], line["logger"]) == (
+        "kafka.coordinator_not_ready",
+        "info",
+        "aiokafka.consumer.group_coordinator",
+    )
+    assert line["error"] == "GroupCoordinatorNotAvailableError"
+    assert line["detail"] == "Group Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError"
+
+
+def test_other_coordinator_lookup_failures_stay_errors(
+    restore_logging: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A coordinator lookup that fails for another reason (a refused connection) is still an error line."""
+    configure_logging(json_logs=True)
+
+    COORDINATOR.error("Group Coordinator Request failed: %s", KafkaConnectionError("refused"))
+    lines = json_lines(capfd.readouterr().err)
+
+    assert [(line["event"], line["level"]) for line in lines] == [
+        ("Group Coordinator Request failed: KafkaConnectionError: refused", "error")
+    ]
+
+
+def test_new_topic_not_yet_in_metadata_is_info(restore_logging: None, capfd: pytest.CaptureFixture[str]) -> None:
+    """aiokafka's "Topic ... not found in cluster metadata" at start-up is an info line naming the topic."""
+    configure_logging(json_logs=True)
+
+    CLUSTER.error("Topic %s not found in cluster metadata", "demo.orders")
+    lines = json_lines(capfd.readouterr().err)
+
+    assert [(line["event"], line["level"], line["topic"]) for line in lines] == [
+        ("kafka.topic_not_in_metadata_yet", "info", "demo.orders")
+    ]
+
+
+def test_start_up_noise_is_dropped_above_info(restore_logging: None, capfd: pytest.CaptureFixture[str]) -> None:
+    """With level WARNING the demoted start-up lines are not shown at all."""
+    configure_logging(json_logs=True, level="WARNING")
+
+    COORDINATOR.error("Group Coordinator Request failed: %s", GroupCoordinatorNotAvailableError())
+
+    assert json_lines(capfd.readouterr().err) == []
+
+
+def test_after_the_start_up_grace_the_same_message_is_an_error_again() -> None:
+    """Once the grace period is over, a coordinator that is still not available passes at error level."""
+    now = [100.0]
+    noise = _StartupNoise(logging.INFO, grace_s=60, clock=lambda: now[0])
+    early = record(COORDINATOR.name, "Group Coordinator Request failed: %s", GroupCoordinatorNotAvailableError())
+    late = record(COORDINATOR.name, "Group Coordinator Request failed: %s", GroupCoordinatorNotAvailableError())
+
+    assert noise.filter(early) is True
+    now[0] = 161.0
+    assert noise.filter(late) is True
+
+    assert (early.levelno, early.getMessage()) == (logging.INFO, "kafka.coordinator_not_ready")
+    assert late.levelno == logging.ERROR
+    assert late.getMessage() == "Group Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError"
+
+
+def test_a_coordinator_marked_dead_at_start_up_is_info_with_its_group() -> None:
+    """aiokafka's "Marking the coordinator dead" warning during start-up becomes kafka.coordinator_not_ready."""
+    noise = _StartupNoise(logging.INFO)
+    dead = record(COORDINATOR.name, "Marking the coordinator dead (node %s)for group %s.", 1, "demo-billing")
+    dead.levelno, dead.levelname = logging.WARNING, "WARNING"
+
+    assert noise.filter(dead) is True
+
+    assert (dead.levelname, dead.getMessage(), dead.__dict__["group"]) == (
+        "INFO",
+        "kafka.coordinator_not_ready",
+        "demo-billing",
+    )
