@@ -173,6 +173,9 @@ class KafkaSettings:
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for any aiokafka client (producer, consumer, admin)."""
+        from eventq.kafka import remember_connect_errors  # here: eventq.kafka imports this module
+
+        remember_connect_errors()  # so that a failed bootstrap can say why (eventq.kafka.explain)
         kwargs: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
             "client_id": self.client_id,

@@ -101,8 +101,9 @@ class EventTooLarge(EventError):
 class PublishError(EventqError):
     """The broker did not acknowledge an event; nothing is reported published."""
 
-    def __init__(self, topic: str, reason: str) -> None:
-        where = f"publish to topic {topic!r} failed" if topic else "cannot publish"
+    def __init__(self, topic: str, reason: str, *, doing: str = "publish to") -> None:
+        # ``doing``: what failed on the topic, for the admin paths ("create", "describe").
+        where = f"{doing} topic {topic!r} failed" if topic else f"cannot {doing.split()[0]}"
         super().__init__(f"{where}: {reason}")
         self.topic = topic
         self.reason = reason

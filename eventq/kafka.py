@@ -2,16 +2,29 @@
 
 Clients are built from :class:`~eventq.config.KafkaSettings` here, and every
 aiokafka exception that reaches eventq's callers is translated here into the tree
-of :mod:`eventq.errors` (``raise translate(...) from exc``).
+of :mod:`eventq.errors` (``raise translate(...) from exc``). :func:`explain` is the one
+place that names security causes — failed authentication, an unknown SASL mechanism,
+a certificate that is untrusted, expired or for another host, TLS meeting plaintext,
+and a missing ACL — with what to do; everything else that talks to Kafka uses it.
+
+aiokafka's bootstrap tries each server and then raises a bare "Unable to bootstrap",
+logging (not chaining) why each connection failed. So that the cause can still be
+named, :func:`remember_connect_errors` (run when eventq builds its first client) wraps
+``aiokafka.client.create_conn`` to remember, per asyncio task, the last exception a
+connection attempt raised (it is re-raised unchanged; nothing else about aiokafka
+changes). See docs/adr/0014.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import aiokafka.client
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import errors as ke
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -22,6 +35,7 @@ from eventq.config import KafkaSettings
 from eventq.errors import (
     BrokerUnavailable,
     ConfigError,
+    ConsumerError,
     EventqError,
     MessageTooLarge,
     PublishError,
@@ -29,9 +43,198 @@ from eventq.errors import (
     TopicNotFound,
 )
 
+# Why this task's last connection attempt failed (see the module docstring).
+_last_connect_error: contextvars.ContextVar[BaseException | None] = contextvars.ContextVar(
+    "eventq_last_connect_error", default=None
+)
+_create_conn = aiokafka.client.create_conn
+
+
+async def _remembering_create_conn(*args: Any, **kwargs: Any) -> Any:
+    try:
+        conn = await _create_conn(*args, **kwargs)
+    except BaseException as exc:
+        _last_connect_error.set(exc)
+        raise
+    _last_connect_error.set(None)
+    return conn
+
+
+def remember_connect_errors() -> None:
+    """Wrap ``aiokafka.client.create_conn`` so that :func:`explain` can name why bootstrap failed.
+
+    Process-wide and idempotent; called by :meth:`KafkaSettings.client_kwargs`, so it
+    happens when eventq first builds a client, never on import.
+    """
+    if not getattr(aiokafka.client.create_conn, "_eventq", False):
+        _remembering_create_conn._eventq = True  # type: ignore[attr-defined]
+        aiokafka.client.create_conn = _remembering_create_conn
+
+# OpenSSL verify codes (X509_V_ERR_*) of a server certificate eventq can name.
+_UNTRUSTED = {2, 18, 19, 20, 21, 27}
+_EXPIRED, _NOT_YET_VALID = 10, 9
+_WRONG_HOST = {62, 64}  # hostname mismatch, IP address mismatch
+# The first bytes a TLS server sends (a record header: handshake 0x16 or alert 0x15,
+# version 3.x), read by a plaintext client as the size of a Kafka response.
+_TLS_RECORD_SIZES = range(0x15030000, 0x1603FFFF + 1)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc``, then what caused it (chained, or what bootstrap only logged), outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        if current.__cause__ is None and current.__context__ is None and _is_bootstrap_failure(current):
+            current = _last_connect_error.get()
+        else:
+            current = current.__cause__ or current.__context__
+    return chain
+
+
+def _is_bootstrap_failure(exc: BaseException) -> bool:
+    return isinstance(exc, ke.KafkaConnectionError) and "Unable to bootstrap" in str(exc)
+
+
+def _principal(settings: KafkaSettings) -> str:
+    if settings.sasl_username:
+        return f"principal User:{settings.sasl_username}"
+    if settings.ssl_certfile:
+        return "the principal of the client certificate (EVENTQ_SSL_CERTFILE)"
+    return "this client's principal"
+
+
+def explain(
+    exc: BaseException,
+    settings: KafkaSettings,
+    *,
+    topic: str | None = None,
+    operation: str = "Write",
+    group: str | None = None,
+    transactional_id: str | None = None,
+) -> str | None:
+    """Name the security cause of a Kafka failure and what to do, or None if it is not one.
+
+    ``exc`` is what a client raised (its chain is searched, including the connection
+    error aiokafka's bootstrap only logs). ``topic``/``operation``, ``group`` and
+    ``transactional_id`` say what the client was doing, so that a missing ACL is named
+    as operation + resource. The text fits after ``Error: ``, on one line.
+    """
+    where = settings.bootstrap_servers
+    protocol = settings.security_protocol
+    for cause in _causes(exc):
+        reason = _explain_one(cause, settings, where, protocol, topic, operation, group, transactional_id)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _explain_one(  # noqa: PLR0911, PLR0912, C901 - one table of cases, read top to bottom
+    exc: BaseException,
+    settings: KafkaSettings,
+    where: str,
+    protocol: str,
+    topic: str | None,
+    operation: str,
+    group: str | None,
+    transactional_id: str | None,
+) -> str | None:
+    who = _principal(settings)
+    if isinstance(exc, (ke.SaslAuthenticationFailed, ke.AuthenticationFailedError)):
+        return (
+            f"authentication failed: the broker at {where} rejected user {settings.sasl_username!r} with "
+            f"{settings.sasl_mechanism} (wrong password, unknown user, or no {settings.sasl_mechanism} "
+            "credentials for that user); check EVENTQ_SASL_USERNAME and EVENTQ_SASL_PASSWORD"
+        )
+    if isinstance(exc, (ke.UnsupportedSaslMechanismError, ke.AuthenticationMethodNotSupported)):
+        return (
+            f"the broker at {where} does not enable SASL mechanism {settings.sasl_mechanism} on this listener; "
+            "set EVENTQ_SASL_MECHANISM to one listed in its sasl.enabled.mechanisms"
+        )
+    if isinstance(exc, ke.IllegalSaslStateError):
+        return (
+            f"the listener at {where} does not speak SASL; check EVENTQ_SECURITY_PROTOCOL={protocol} against "
+            "the broker's listener (SSL or PLAINTEXT?)"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or str(exc)
+        code = exc.verify_code
+        if code == _EXPIRED or code == _NOT_YET_VALID:
+            return (
+                f"the TLS certificate of the broker at {where} is not valid now ({detail}); have the broker's "
+                "certificate renewed (check the clocks too)"
+            )
+        if code in _WRONG_HOST:
+            return (
+                f"the TLS certificate of the broker at {where} is not issued for that address ({detail}); "
+                "connect by a name or IP its subjectAltName lists (EVENTQ_BOOTSTRAP_SERVERS and the "
+                "broker's advertised.listeners), or have the certificate reissued with that name"
+            )
+        if code in _UNTRUSTED:
+            trusted = f"EVENTQ_SSL_CAFILE={settings.ssl_cafile}" if settings.ssl_cafile else "the system's CAs"
+            return (
+                f"the TLS certificate of the broker at {where} is not signed by a CA in {trusted} ({detail}); "
+                "set EVENTQ_SSL_CAFILE to the CA that signed the broker's certificate"
+            )
+        return f"the TLS certificate of the broker at {where} failed verification ({detail}); check EVENTQ_SSL_CAFILE"
+    if isinstance(exc, ssl.SSLError) and (
+        "ALERT_BAD_CERTIFICATE" in str(exc) or "CERTIFICATE_REQUIRED" in str(exc)
+        or "ALERT_UNKNOWN_CA" in str(exc)
+    ):
+        return (
+            f"the broker at {where} refused this client's TLS certificate (none was sent, or it is not signed by "
+            "a CA the broker trusts); set EVENTQ_SSL_CERTFILE and EVENTQ_SSL_KEYFILE to a certificate the "
+            "broker's ssl.truststore accepts"
+        )
+    if protocol in ("SSL", "SASL_SSL") and (
+        isinstance(exc, (ssl.SSLEOFError, ConnectionResetError))
+        or (isinstance(exc, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(exc))
+    ):
+        return (
+            f"the TLS handshake with {where} failed ({type(exc).__name__}): the port does not speak TLS (a "
+            f"PLAINTEXT listener?); use the broker's {protocol} port in EVENTQ_BOOTSTRAP_SERVERS or set "
+            "EVENTQ_SECURITY_PROTOCOL to what that listener uses"
+        )
+    if (
+        protocol in ("PLAINTEXT", "SASL_PLAINTEXT")
+        and isinstance(exc, asyncio.IncompleteReadError)
+        and exc.expected in _TLS_RECORD_SIZES
+    ):
+        return (
+            f"the broker at {where} answered with TLS: that listener is SSL or SASL_SSL; set "
+            "EVENTQ_SECURITY_PROTOCOL=SSL or SASL_SSL (and EVENTQ_SSL_CAFILE), or use its plaintext port"
+        )
+    if isinstance(exc, ke.TopicAuthorizationFailedError):
+        resource = f"Topic:{topic}" if topic else "the topic"
+        return (
+            f"{who} is not allowed to {operation} {resource}; grant it {operation} (and Describe) on "
+            f"{resource} (kafka-acls --add --operation {operation} --topic ...)"
+        )
+    if isinstance(exc, ke.GroupAuthorizationFailedError):
+        name = group or (str(exc.args[0]) if exc.args else "?")
+        return (
+            f"{who} is not allowed to use consumer group {name!r}; grant it Read and Describe on Group:{name} "
+            "(a prefixed ACL covers every run or daemon sharing the prefix), or use a group it may use "
+            "(--group or EVENTQ_GROUP; --run for a replay)"
+        )
+    if isinstance(exc, ke.TransactionalIdAuthorizationFailed):
+        name = transactional_id or (str(exc.args[0]) if exc.args else "?")
+        return (
+            f"{who} is not allowed to use transactional id {name!r}; grant it Write and Describe on "
+            f"TransactionalId:{name} (prefixed eventq-replay. covers every replay run), or pick a --run "
+            "name its ACLs cover"
+        )
+    if isinstance(exc, ke.ClusterAuthorizationFailedError):
+        return f"{who} lacks a right on the cluster resource ({exc}); grant it the operation named in the broker's log"
+    return None
+
 
 def translate(exc: BaseException, *, topic: str, settings: KafkaSettings) -> EventqError:
-    """Map an aiokafka (or OS) exception to eventq's error tree for one topic."""
+    """Map an aiokafka (or OS) exception to eventq's error tree for one topic.
+
+    A security cause (see :func:`explain`) becomes a :class:`PublishError` that is not
+    retriable: trying again with the same settings cannot help.
+    """
     where = settings.bootstrap_servers
     if isinstance(exc, EventqError):
         return exc
@@ -39,10 +242,9 @@ def translate(exc: BaseException, *, topic: str, settings: KafkaSettings) -> Eve
         return MessageTooLarge(topic, f"the record is too large for the broker or client limit ({exc})")
     if isinstance(exc, ke.UnknownTopicOrPartitionError):
         return TopicNotFound(topic, "the topic does not exist; create it first (eventq topics create)")
-    if isinstance(exc, (ke.TopicAuthorizationFailedError, ke.ClusterAuthorizationFailedError)):
-        return PublishError(topic, f"not authorised to write; check the ACLs of this principal ({exc})")
-    if isinstance(exc, (ke.AuthenticationFailedError, ke.SaslAuthenticationFailed)):
-        return PublishError(topic, "authentication failed; check EVENTQ_SASL_USERNAME/EVENTQ_SASL_PASSWORD")
+    reason = explain(exc, settings, topic=topic or None)
+    if reason is not None:
+        return PublishError(topic, reason)
     if isinstance(exc, ke.KafkaTimeoutError):
         return PublishTimeout(
             topic,
@@ -94,18 +296,40 @@ async def stop_producer(producer: AIOKafkaProducer, timeout: float) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _admin(settings: KafkaSettings, topics: list[str]) -> AsyncIterator[AIOKafkaAdminClient]:
+async def _admin(
+    settings: KafkaSettings, topics: list[str], doing: str = "describe"
+) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(**settings.client_kwargs())
     try:
         try:
             await admin.start()
-        except (ke.KafkaConnectionError, ke.KafkaTimeoutError, OSError) as exc:
+        except (ke.KafkaError, OSError) as exc:
+            reason = explain(exc, settings)
+            if reason is not None:
+                raise PublishError(",".join(topics), reason, doing=doing) from exc
             raise BrokerUnavailable(
-                ",".join(topics), f"cannot reach a Kafka broker at {settings.bootstrap_servers}"
+                ",".join(topics), f"cannot reach a Kafka broker at {settings.bootstrap_servers}", doing=doing
             ) from exc
         yield admin
     finally:
         await admin.close()
+
+
+async def check_group_access(settings: KafkaSettings, group: str) -> None:
+    """Raise :class:`ConsumerError` naming the missing ACL if this principal may not use ``group``.
+
+    aiokafka's consumer starts without asking for its group, and then retries a refused
+    group in every fetch, forever; asking once up front (the group's committed offsets,
+    which needs Describe on it) turns that into an error at start-up. Any other failure
+    of the question (a coordinator still loading, say) is left to the consumer.
+    """
+    try:
+        async with asyncio.timeout(10), _admin(settings, []) as admin:
+            await admin.list_consumer_group_offsets(group)
+    except ke.GroupAuthorizationFailedError as exc:
+        raise ConsumerError(explain(exc, settings, group=group) or str(exc)) from exc
+    except (EventqError, ke.KafkaError, OSError, TimeoutError):
+        return
 
 
 async def create_topics(
@@ -125,7 +349,7 @@ async def create_topics(
     if partitions < 1:
         raise ConfigError(f"partitions={partitions} must be at least 1")
     wanted = list(dict.fromkeys(topics))
-    async with _admin(settings, wanted) as admin:
+    async with _admin(settings, wanted, "create") as admin:
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t not in existing]
         if missing:
@@ -136,8 +360,16 @@ async def create_topics(
             response: Any = await admin.create_topics(new)
             for name, code, message in _topic_errors(response):
                 # 36 = TOPIC_ALREADY_EXISTS: a concurrent creator won the race; fine.
+                if code in _NOT_AUTHORISED:
+                    raise PublishError(
+                        name,
+                        f"{_principal(settings)} is not allowed to Create Topic:{name}; grant it Create on that "
+                        "topic (or on the Cluster), or create the topic beforehand as a principal that may "
+                        "(a consumer daemon then needs EVENTQ_CREATE_TOPICS=false)",
+                        doing="create",
+                    )
                 if code not in (0, 36):
-                    raise PublishError(name, f"could not create topic (error {code}: {message})")
+                    raise PublishError(name, f"error {code}: {message}", doing="create")
             await _until_listed(admin, missing)
         return missing
 
@@ -174,6 +406,13 @@ async def max_message_bytes(settings: KafkaSettings, topics: Iterable[str]) -> d
     limits = {}
     for response in responses:
         for resource in response.to_object()["resources"]:
+            if resource["error_code"] in _NOT_AUTHORISED:
+                name = resource["resource_name"]
+                raise ConsumerError(
+                    f"{_principal(settings)} is not allowed to DescribeConfigs Topic:{name} (eventq reads its "
+                    "max.message.bytes so that every dead letter fits its topic); grant it DescribeConfigs "
+                    f"on Topic:{name}"
+                )
             for entry in resource["config_entries"] if resource["error_code"] == 0 else ():
                 if entry["config_names"] == "max.message.bytes" and str(entry["config_value"]).isdigit():
                     limits[resource["resource_name"]] = int(entry["config_value"])
@@ -187,8 +426,14 @@ async def _until_listed(admin: AIOKafkaAdminClient, topics: list[str], timeout_s
     give_up = loop.time() + timeout_s
     while not set(topics) <= set(await admin.list_topics()):
         if loop.time() >= give_up:
-            raise PublishError(",".join(topics), f"created, but not listed by the brokers within {timeout_s:.0f}s")
+            raise PublishError(
+                ",".join(topics), f"created, but not listed by the brokers within {timeout_s:.0f}s", doing="create"
+            )
         await asyncio.sleep(0.1)
+
+
+# TOPIC_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED
+_NOT_AUTHORISED = (29, 31)
 
 
 def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:

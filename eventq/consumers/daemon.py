@@ -48,12 +48,10 @@ from eventq.consumers.processor import Processor
 from eventq.consumers.retrytopics import origin_of, retry_topic
 from eventq.consumers.settings import ConsumerSettings
 from eventq.consumers.slices import Interrupt, Item, SliceResult, decode_items
-from eventq.database import answers
 from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
+from eventq.kafka import check_group_access, create_topics, explain, max_message_bytes, topic_shapes
 from eventq.kafka import consumer as kafka_consumer
-from eventq.kafka import create_topics, max_message_bytes, topic_shapes
 from eventq.producers.producer import Producer
-from eventq.producers.settings import ProducerSettings
 from eventq.schemas.registry import SchemaRegistry
 from eventq.telemetry import Telemetry
 from eventq.telemetry import tracing as tr
@@ -222,12 +220,16 @@ class Consumer:
             existing = await consumer.topics()
         except Exception as exc:
             await consumer.stop()
+            reason = explain(exc, s.kafka, topic=",".join(self.topics), operation="Describe", group=self.group)
+            if reason is not None:  # authentication, TLS or a missing ACL: retrying cannot help
+                raise ConsumerError(reason) from exc
             raise ConsumerError(
                 f"cannot reach a Kafka broker at {s.kafka.bootstrap_servers} ({type(exc).__name__}: {exc}); "
                 "start it (eventq dev up) or fix EVENTQ_BOOTSTRAP_SERVERS",
                 retriable=True,
             ) from exc
         self._consumer = consumer
+        await check_group_access(s.kafka, self.group)  # aiokafka would retry a refused group forever
         missing = [t for t in self.topics if t not in existing]
         if missing:
             raise ConsumerError(
@@ -261,7 +263,7 @@ class Consumer:
                     s.kafka, [name], partitions=partitions, replication_factor=replication, config=config
                 )
             except EventqError as exc:
-                raise ConsumerError(f"cannot create topic {name!r}: {exc}") from exc
+                raise ConsumerError(f"cannot create topic {name!r}: {getattr(exc, 'reason', exc)}") from exc
             log.info("consumer.topic_created", topic=name, partitions=partitions, replication_factor=replication,
                      **config)
         self._sink.limits = await max_message_bytes(s.kafka, derived) if missing_derived else {

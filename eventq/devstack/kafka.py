@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -258,7 +258,11 @@ class KafkaBroker:
     e.g. ``1@127.0.0.1:9093,2@127.0.0.1:9095,...``) and the same ``cluster_id`` (nodes
     formatted with different ids refuse to join each other). ``overrides`` are written
     after the template's properties; Java's ``Properties.load`` keeps the last occurrence
-    of a key, so they win.
+    of a key, so they win (a secured broker replaces ``listeners`` and friends this way;
+    ``port`` is then the listener whose opening means "ready", usually the inter-broker one).
+    ``scram_users`` are SCRAM credentials ``(mechanism, name, password)`` written into the
+    storage when it is formatted (``--add-scram``), so a SASL/SCRAM listener has users before
+    the broker serves its first request.
     """
 
     def __init__(
@@ -272,6 +276,7 @@ class KafkaBroker:
         voters: str | None = None,
         cluster_id: str | None = None,
         overrides: Mapping[str, str] | None = None,
+        scram_users: Iterable[tuple[str, str, str]] = (),
     ) -> None:
         self.home = home.resolve()
         self.port = port
@@ -281,6 +286,7 @@ class KafkaBroker:
         self.voters = voters or f"{node_id}@127.0.0.1:{controller_port}"
         self.cluster_id = cluster_id
         self.overrides = dict(overrides or {})
+        self.scram_users = list(scram_users)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -376,6 +382,8 @@ class KafkaBroker:
         cluster_id = self.cluster_id or random_cluster_id()
         command = [java, "-cp", f"{self.lib}/*", "kafka.tools.StorageTool", "format",
                    "-t", cluster_id, "-c", str(self._properties)]  # fmt: skip
+        for mechanism, name, password in self.scram_users:
+            command += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=120, check=False
         )

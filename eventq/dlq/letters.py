@@ -36,7 +36,7 @@ from eventq.config import KafkaSettings
 from eventq.consumers.deadletter import PREFIX as EVENTQ_DLT
 from eventq.consumers.deadletter import REPLAY_COUNT, REPLAY_FROM, REPLAY_PREFIX
 from eventq.errors import ConsumerError
-from eventq.kafka import partition_counts
+from eventq.kafka import explain, partition_counts
 from eventq.kafkarecords import printable
 from eventq.telemetry.logs import bounded
 
@@ -374,6 +374,9 @@ async def partitions_of(kafka: KafkaSettings, topic: str) -> list[TopicPartition
 
 
 def _unreachable(kafka: KafkaSettings, exc: BaseException) -> ConsumerError:
+    reason = explain(exc, kafka, operation="Read")
+    if reason is not None:  # authentication, TLS or a missing ACL: retrying cannot help
+        return ConsumerError(reason)
     return ConsumerError(
         f"cannot reach a Kafka broker at {kafka.bootstrap_servers} ({type(exc).__name__}); start it "
         "(eventq dev up) or fix EVENTQ_BOOTSTRAP_SERVERS", retriable=True,

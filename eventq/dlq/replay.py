@@ -58,6 +58,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import errors as ke
 from aiokafka.structs import OffsetAndMetadata
 from opentelemetry.trace import Span
 
@@ -65,7 +66,7 @@ from eventq.config import KafkaSettings
 from eventq.consumers.deadletter import REPLAY_AT, REPLAY_COUNT, REPLAY_FROM, REPLAY_RUN, TRACEPARENT
 from eventq.dlq.letters import UNREADABLE, Letter, admin_client, clip, scan
 from eventq.errors import ConfigError, ConsumerError, EventqError
-from eventq.kafka import translate
+from eventq.kafka import explain, translate
 from eventq.kafkarecords import printable
 from eventq.telemetry import Telemetry
 from eventq.telemetry import tracing as tr
@@ -474,6 +475,9 @@ async def _producer(kafka: KafkaSettings, group: str) -> AIOKafkaProducer:
         await producer.start()  # fences an earlier process of the same run and aborts its open transaction
     except Exception as exc:
         await producer.stop()
+        reason = explain(exc, kafka, transactional_id=group)
+        if reason is not None:
+            raise ConsumerError(f"replay run cannot start: {reason}") from exc
         raise translate(exc, topic="", settings=kafka) from exc
     return producer
 
@@ -486,7 +490,10 @@ async def _topics(kafka: KafkaSettings) -> set[str]:
 async def _checkpoint(kafka: KafkaSettings, group: str, topic: str) -> tuple[dict[int, int], str | None]:
     """Where an earlier process of this run got to (partition → next offset) and its checkpoint metadata."""
     async with admin_client(kafka) as admin:
-        offsets: Any = await admin.list_consumer_group_offsets(group)
+        try:
+            offsets: Any = await admin.list_consumer_group_offsets(group)
+        except ke.GroupAuthorizationFailedError as exc:
+            raise ConsumerError(f"replay run cannot start: {explain(exc, kafka, group=group)}") from exc
     start: dict[int, int] = {}
     fingerprint: str | None = None
     for tp, meta in offsets.items():

@@ -388,6 +388,9 @@ class Producer:
                 ) from exc
             if topic in metadata.topics():
                 return
+            if topic in getattr(metadata, "unauthorized_topics", ()):
+                # Not listed because this principal may not even Describe it: say so, not "missing".
+                raise translate(ke.TopicAuthorizationFailedError(topic), topic=topic, settings=self.settings.kafka)
             if loop.time() >= give_up:
                 raise TopicNotFound(topic, "the topic does not exist; create it first (eventq topics create)")
             await asyncio.sleep(0.2)
