@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import errors as ke
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.protocol.metadata import MetadataRequest
 
 from eventq import kafkarecords
 from eventq.config import KafkaSettings
@@ -313,6 +314,25 @@ async def _admin(
         yield admin
     finally:
         await admin.close()
+
+
+async def topic_refusal(client: Any, topic: str) -> ke.KafkaError | None:
+    """The authorisation error the brokers give for ``topic`` when asked for it by name, if any.
+
+    ``client`` is a started aiokafka client (``producer.client``). A metadata request
+    for every topic lists only the topics this principal may Describe; asked by name,
+    the broker says ``TOPIC_AUTHORIZATION_FAILED`` instead. Other answers give None.
+    """
+    try:
+        response: Any = await client.send(
+            client.get_random_node(), MetadataRequest([topic], allow_auto_topic_creation=False)
+        )
+    except (ke.KafkaError, OSError, TimeoutError):
+        return None
+    for entry in response.topics:
+        if entry[1] == topic and ke.for_code(entry[0]) is ke.TopicAuthorizationFailedError:
+            return ke.TopicAuthorizationFailedError(topic)
+    return None
 
 
 async def check_group_access(settings: KafkaSettings, group: str) -> None:

@@ -32,7 +32,7 @@ from aiokafka import errors as ke
 from aiokafka.partitioner import murmur2
 
 from eventq.errors import BrokerUnavailable, ConfigError, EventError, EventqError, TopicNotFound
-from eventq.kafka import stop_producer, translate
+from eventq.kafka import stop_producer, topic_refusal, translate
 from eventq.producers.deadlines import AckDeadlines
 from eventq.producers.settings import ProducerSettings
 from eventq.schemas.envelope import Event, RecordParts, encode_parts, record_headers
@@ -388,10 +388,12 @@ class Producer:
                 ) from exc
             if topic in metadata.topics():
                 return
-            if topic in getattr(metadata, "unauthorized_topics", ()):
-                # Not listed because this principal may not even Describe it: say so, not "missing".
-                raise translate(ke.TopicAuthorizationFailedError(topic), topic=topic, settings=self.settings.kafka)
             if loop.time() >= give_up:
+                # A full listing leaves out topics this principal may not Describe: ask for
+                # this one by name, so "not authorised" is not reported as "missing".
+                refusal = await topic_refusal(aio.client, topic)
+                if refusal is not None:
+                    raise translate(refusal, topic=topic, settings=self.settings.kafka)
                 raise TopicNotFound(topic, "the topic does not exist; create it first (eventq topics create)")
             await asyncio.sleep(0.2)
 
