@@ -37,6 +37,8 @@ bench: up
 faults: venv
 	$(BIN)/python -m tests.faults --report docs/faults-results.md $(if $(SEED),--seed $(SEED))
 
+# ruff, then mypy in strict mode over eventq and tests (options in setup.cfg [mypy]);
+# seconds, and no stack: .ci/run runs it before the tests.
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy

@@ -10,9 +10,9 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from eventq.consumers import Hooks
+from eventq.consumers.slices import SliceResult
 
 
 class CrashAt(Hooks):
@@ -40,10 +40,10 @@ class CrashAt(Hooks):
                 f.write(f"{os.getpid()} {point} {time.time():.6f}\n")
         os._exit(137)
 
-    async def after_handlers(self, topic: str, partition: int, result: Any) -> None:
+    async def after_handlers(self, topic: str, partition: int, result: SliceResult) -> None:
         self._maybe("after_handlers")
 
-    async def after_record(self, topic: str, partition: int, result: Any) -> None:
+    async def after_record(self, topic: str, partition: int, result: SliceResult) -> None:
         self._maybe("after_record")
 
     async def before_commit(self, offsets: Mapping[tuple[str, int], int]) -> None:

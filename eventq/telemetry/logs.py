@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 from opentelemetry import trace
+from structlog.typing import EventDict, WrappedLogger
 
 from eventq.redact import redact_processor
 
@@ -57,7 +58,7 @@ def bounded(value: str | None, limit: int = FIELD_LIMIT) -> str | None:
     return f"{value[:limit]}…[{len(value)} chars]"
 
 
-def add_event_context(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def add_event_context(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: add the current event's fields and the active span's ids."""
     ctx = _current.get()
     if ctx is not None:

@@ -7,19 +7,25 @@ Pure encode/decode: no broker. The SDK 2.x has two Kafka bindings, the current
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from cloudevents.v1 import kafka as ce_kafka_v1
 from cloudevents.v1.http import CloudEvent as LegacyCloudEvent
 
+from eventq.config import KafkaSettings
 from eventq.schemas import Event, decode, encode
 
 TIME = datetime(2026, 11, 28, 10, 0, 0, 123000, tzinfo=UTC)
+# The SDK's two Kafka bindings, each in binary or structured mode.
+ToKafka = Callable[[CloudEvent, JSONFormat], ce_kafka.KafkaMessage]
+LegacyToKafka = Callable[[LegacyCloudEvent], ce_kafka_v1.KafkaMessage]
 DATA = {"order_id": "o-1", "amount_cents": 1250, "lines": [{"sku": "A-1", "qty": 2}], "gift": None}
 
 
@@ -33,12 +39,12 @@ def sdk_event(**attributes: Any) -> CloudEvent:
     return CloudEvent({name: value for name, value in attrs.items() if value is not None}, DATA)
 
 
-def record(message: Any) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+def record(message: Any) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:  # a KafkaMessage of either binding
     key = message.key.encode() if isinstance(message.key, str) else message.key
     return key, message.value, list(message.headers.items())
 
 
-def assert_same(event: Event, sdk: Any) -> None:
+def assert_same(event: Event, sdk: BaseCloudEvent) -> None:
     assert event.id == sdk.get_id()
     assert event.source == sdk.get_source()
     assert event.type == sdk.get_type()
@@ -51,7 +57,7 @@ def assert_same(event: Event, sdk: Any) -> None:
 
 
 @pytest.mark.parametrize("to_kafka", [ce_kafka.to_binary, ce_kafka.to_structured], ids=["binary", "structured"])
-def test_sdk_events_decode_with_every_attribute(to_kafka: Any) -> None:
+def test_sdk_events_decode_with_every_attribute(to_kafka: ToKafka) -> None:
     """An SDK event sent in binary or structured mode decodes into an Event with the SDK event's attributes."""
     sdk = sdk_event()
     message = to_kafka(sdk, JSONFormat())
@@ -59,7 +65,7 @@ def test_sdk_events_decode_with_every_attribute(to_kafka: Any) -> None:
 
 
 @pytest.mark.parametrize("to_kafka", [ce_kafka.to_binary, ce_kafka.to_structured], ids=["binary", "structured"])
-def test_sdk_event_with_only_required_attributes_decodes(to_kafka: Any) -> None:
+def test_sdk_event_with_only_required_attributes_decodes(to_kafka: ToKafka) -> None:
     """An SDK event with only the required attributes (and a UUID4 id, no correlation) decodes; the id is its own
     correlation id and the time, which the SDK always sets, is kept to the millisecond."""
     sdk = CloudEvent({"source": "/s", "type": "com.example.ping"}, {"n": 1})
@@ -80,7 +86,7 @@ def test_sdk_binary_event_without_content_type_decodes_as_json() -> None:
 
 
 @pytest.mark.parametrize("to_kafka", [ce_kafka_v1.to_binary, ce_kafka_v1.to_structured], ids=["binary", "structured"])
-def test_events_from_the_older_sdk_binding_decode(to_kafka: Any) -> None:
+def test_events_from_the_older_sdk_binding_decode(to_kafka: LegacyToKafka) -> None:
     """Events from the SDK's older binding (cloudevents.v1.kafka) decode in both modes, with their attributes."""
     sdk = LegacyCloudEvent(
         {"id": "A234-1234-1234", "source": "/orders/eu-1", "type": "com.example.order.created",
@@ -133,7 +139,9 @@ def test_older_sdk_binding_reads_what_eventq_encodes() -> None:
 
 @pytest.mark.kafka
 @pytest.mark.postgres
-async def test_a_daemon_handles_sdk_events_in_both_modes_once_each(kafka_settings: Any, database: str) -> None:
+async def test_a_daemon_handles_sdk_events_in_both_modes_once_each(
+    kafka_settings: KafkaSettings, database: str
+) -> None:
     """SDK records (binary and structured, non-UUID ids) sent by a plain Kafka client are handled once each."""
     import uuid
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
-from typing import Any
+from collections.abc import Mapping
 
 import asyncpg
 import pytest
 
 from eventq.config import KafkaSettings
 from eventq.consumers import App, BatchContext, Consumer, Context, Hooks
+from eventq.consumers.slices import SliceResult
 from eventq.consumers.store import Processed, record
 from eventq.errors import Reject, RetryLater
 from eventq.schemas import Event
@@ -251,7 +252,8 @@ async def _partition_of(kafka: KafkaSettings, topic: str, event: Event) -> int:
     from aiokafka.partitioner import murmur2
 
     count = len(await partitions_of(kafka, topic))
-    return (murmur2((event.key or "").encode()) & 0x7FFFFFFF) % count
+    hashed: int = murmur2((event.key or "").encode())  # aiokafka ships no type information
+    return (hashed & 0x7FFFFFFF) % count
 
 
 async def test_a_batch_handler_reports_per_event_outcomes(
@@ -415,7 +417,7 @@ async def test_two_consumers_split_partitions_and_a_rebalance_loses_nothing(
     class CountDuplicates(Hooks):
         skipped = 0
 
-        async def after_handlers(self, topic: str, partition: int, result: Any) -> None:
+        async def after_handlers(self, topic: str, partition: int, result: SliceResult) -> None:
             CountDuplicates.skipped += result.duplicates
 
     first = Consumer(make_app("a"), settings, hooks=CountDuplicates())
@@ -548,7 +550,7 @@ async def test_a_failing_before_commit_hook_skips_that_commit_only(
     class FailOnce(Hooks):
         failed = False
 
-        async def before_commit(self, offsets: Any) -> None:
+        async def before_commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
             if not FailOnce.failed:
                 FailOnce.failed = True
                 raise RuntimeError("hook failed")

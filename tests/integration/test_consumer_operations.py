@@ -8,6 +8,8 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 import pytest
@@ -27,9 +29,10 @@ from tests.integration.tcp_proxy import proxy_database
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 ORDER = "demo.order.created.v1"
+T = TypeVar("T")
 
 
-async def wait_for(predicate, timeout: float = 30.0, every: float = 0.2):  # type: ignore[no-untyped-def]
+async def wait_for(predicate: Callable[[], Awaitable[T | None]], timeout: float = 30.0, every: float = 0.2) -> T:
     async with asyncio.timeout(timeout):
         while not (result := await predicate()):
             await asyncio.sleep(every)
@@ -275,7 +278,8 @@ async def _at_least(counter: Counter[str], n: int) -> bool:
 async def _row_count_is(database: str, group: str, n: int) -> bool:
     conn = await asyncpg.connect(database)
     try:
-        return await conn.fetchval("SELECT count(*) FROM processed_events WHERE consumer_group = $1", group) == n
+        count: int = await conn.fetchval("SELECT count(*) FROM processed_events WHERE consumer_group = $1", group)
+        return count == n
     finally:
         await conn.close()
 
@@ -283,7 +287,8 @@ async def _row_count_is(database: str, group: str, n: int) -> bool:
 async def _row_count_at_least(database: str, group: str, n: int) -> bool:
     conn = await asyncpg.connect(database)
     try:
-        return await conn.fetchval("SELECT count(*) FROM processed_events WHERE consumer_group = $1", group) >= n
+        count: int = await conn.fetchval("SELECT count(*) FROM processed_events WHERE consumer_group = $1", group)
+        return count >= n
     finally:
         await conn.close()
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from eventq.config import KafkaSettings
-from eventq.consumers import App, Consumer, Context
+from eventq.consumers import App, Consumer, ConsumerSettings, Context
 from eventq.consumers.deadletter import OMITTED
 from eventq.kafka import create_topics
 from eventq.schemas import Event
@@ -76,7 +75,7 @@ async def http_status(port: int, path: str) -> int:
     return status
 
 
-async def run_until_committed(app: App, settings: Any, topics: Sequence[str], kafka: KafkaSettings) -> int:
+async def run_until_committed(app: App, settings: ConsumerSettings, topics: Sequence[str], kafka: KafkaSettings) -> int:
     """Run a daemon until every partition of ``topics`` is committed to its end; /readyz status then."""
     consumer = Consumer(app, settings)
     running = asyncio.create_task(consumer.run())
@@ -88,7 +87,7 @@ async def run_until_committed(app: App, settings: Any, topics: Sequence[str], ka
                 done = True
                 for topic in topics:
                     ends = await end_offsets(kafka, topic, nonempty=True)
-                    if (await committed(kafka, settings.group_id, topic)) != ends:
+                    if (await committed(kafka, settings.group_id or "", topic)) != ends:
                         done = False
                 if done:
                     break
@@ -116,6 +115,7 @@ async def test_no_record_kills_wedges_or_vanishes(kafka_settings: KafkaSettings,
     key, value, headers = envelope(valid)
     twin = order(2)
     same_id_other_source = Event(type=twin.type, source="another-shop", id=twin.id, data=twin.data, key=twin.key)
+    long_key, long_value, long_headers = envelope(order(4))
     cases: list[tuple[bytes | None, bytes | None, Headers]] = [
         (key, value, headers),                                           # 0 valid
         (key, value, headers),                                           # 1 duplicate inside the batch
@@ -130,7 +130,7 @@ async def test_no_record_kills_wedges_or_vanishes(kafka_settings: KafkaSettings,
         envelope(twin),                                                  # 10
         envelope(same_id_other_source),                                  # 11 same id, another source
         (key, value, replace(headers, "ce_specversion", b"0.3")),        # 12 another spec version
-        (lambda k, v, h: (k, v, [*h, ("x" * 10_000, b"v" * 10_000)]))(*envelope(order(4))),  # 13 10 kB name
+        (long_key, long_value, [*long_headers, ("x" * 10_000, b"v" * 10_000)]),  # 13 10 kB name
     ]
     await produce(kafka_settings, topic, cases)
     raw_offset = await produce_raw_record(                               # 14 header name not UTF-8
@@ -178,7 +178,7 @@ async def test_no_record_kills_wedges_or_vanishes(kafka_settings: KafkaSettings,
     assert undecodable["eventq-dlt-reason"] == b"undecodable"
     assert ("\ufffd\ufffd", b"x") in lettered[(topic, raw_offset)].headers  # the name, as Kafka's Java client shows it
     assert lettered[(topic, 9)].value == b"x" * 1_040_000  # the dead-letter topic has room for it
-    assert await committed(kafka_settings, settings.group_id, topic) == {0: raw_offset + 1}
+    assert await committed(kafka_settings, settings.group_id or "", topic) == {0: raw_offset + 1}
 
 
 async def test_a_letter_too_large_for_an_existing_dead_letter_topic_is_sent_without_what_does_not_fit(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, Message
 from confluent_kafka import Producer as RdKafkaProducer
 
 from eventq.config import KafkaSettings
-from eventq.consumers import App, Consumer, Context
+from eventq.consumers import App, Consumer, ConsumerSettings, Context
 from eventq.dlq import replay
 from eventq.errors import Reject
 from eventq.producers import Producer, ProducerSettings
@@ -20,7 +19,9 @@ from tests.integration.consumer_kit import committed, consumer_settings, order, 
 from tests.kafkatools import consumer_group_lag
 
 
-async def replayed_scenario(kafka_settings: KafkaSettings, database: str, topic: str) -> tuple[App, Any, int]:
+async def replayed_scenario(
+    kafka_settings: KafkaSettings, database: str, topic: str
+) -> tuple[App, ConsumerSettings, int]:
     """12 orders on 3 partitions, half rejected then replayed once fixed: (app, settings, letters replayed)."""
     events = [order(i, key=f"k{i}") for i in range(12)]  # murmur2 puts these keys on all 3 partitions
     await publish(kafka_settings, topic, events)

@@ -15,11 +15,11 @@ import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 from structlog.testing import capture_logs
+from structlog.typing import EventDict
 
 from eventq.config import KafkaSettings
 from eventq.consumers import App, Consumer, Context
@@ -144,7 +144,7 @@ async def started(daemon: Consumer) -> int:
     return daemon.health.port
 
 
-def count(logs: list[Any], name: str) -> int:
+def count(logs: list[EventDict], name: str) -> int:
     return sum(1 for entry in logs if entry["event"] == name)
 
 

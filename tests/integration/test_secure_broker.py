@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ class Case:
 
     name: str
     command: tuple[str, ...]
-    settings: Any  # SecureBroker -> KafkaSettings
+    settings: Callable[[SecureBroker], KafkaSettings]
     says: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
 

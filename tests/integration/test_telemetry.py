@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -192,7 +192,7 @@ async def test_a_dead_lettered_and_replayed_event_stays_in_its_original_trace(
     assert [e.name for e in failed.events] == [
         "exception", "retry_scheduled", "exception", "retry_scheduled", "exception", "dead_lettered",
     ]
-    assert [e.attributes["attempt"] for e in failed.events if e.name == "retry_scheduled"] == [1, 2]  # type: ignore[index]
+    assert [(e.attributes or {})["attempt"] for e in failed.events if e.name == "retry_scheduled"] == [1, 2]
     assert not failed.status.is_ok
     dlt_send = traces.one(f"send {topic}.dlt")
     assert parent_of(dlt_send) == ids(failed)[1]
@@ -248,7 +248,7 @@ async def test_skipped_duplicates_rejected_and_undecodable_records_are_visible_i
     await run_until_idle(app, consumer_settings(kafka_settings, database, topic), telemetry=traces.telemetry)
 
     outcomes = sorted(
-        (s.attributes or {})[tr.OUTCOME] for s in traces.named(f"handle {ORDER}", **{tr.MESSAGE_ID: kept.id})
+        cast(str, (s.attributes or {})[tr.OUTCOME]) for s in traces.named(f"handle {ORDER}", **{tr.MESSAGE_ID: kept.id})
     )
     assert outcomes == [tr.DUPLICATE, tr.HANDLED]
     duplicate = traces.one(f"handle {ORDER}", **{tr.OUTCOME: tr.DUPLICATE})
@@ -286,6 +286,7 @@ async def test_log_lines_from_handling_carry_the_event_and_the_active_span(
     async with Producer(ProducerSettings(kafka=kafka_settings), telemetry=traces.telemetry) as producer:
         await producer.publish(event, topic=topic)
     settings = consumer_settings(kafka_settings, database, topic)
+    # add_event_context is annotated with dict where structlog's processors take a MutableMapping
     with structlog.testing.capture_logs(processors=[add_event_context]) as logs:
         await run_until_idle(app, settings, telemetry=traces.telemetry)
 
@@ -302,7 +303,7 @@ async def test_log_lines_from_handling_carry_the_event_and_the_active_span(
         "event.retry_scheduled",
     ]
     for line in lines:
-        assert line == line | expected, line
+        assert line == {**line, **expected}, line
     started = next(line for line in logs if line["event"] == "consumer.started")
     assert "trace_id" not in started and "event_id" not in started
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
@@ -11,6 +11,9 @@ from structlog.testing import capture_logs
 from eventq.consumers.committer import Recorder
 from eventq.consumers.health import Status
 from eventq.consumers.store import Processed
+
+if TYPE_CHECKING:
+    from aiokafka import TopicPartition
 
 
 class FlakyPool:
@@ -49,15 +52,15 @@ async def test_a_failing_insert_is_retried_until_written_and_logged_once(monkeyp
 class FlakyConsumer:
     """A consumer whose first ``failures`` commits fail as if the broker were away."""
 
-    def __init__(self, failures: int, partitions: set[Any]) -> None:
+    def __init__(self, failures: int, partitions: set[TopicPartition]) -> None:
         self.failures = failures
         self.partitions = partitions
-        self.commits: list[dict[Any, int]] = []
+        self.commits: list[dict[TopicPartition, int]] = []
 
-    def assignment(self) -> set[Any]:
+    def assignment(self) -> set[TopicPartition]:
         return self.partitions
 
-    async def commit(self, offsets: dict[Any, int]) -> None:
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         if self.failures:
             self.failures -= 1
             from aiokafka import errors as ke
@@ -86,7 +89,7 @@ async def test_the_commit_that_succeeds_links_the_slices_it_commits(monkeypatch:
     first, second = tracer.start_span("process a"), tracer.start_span("process b")
     tp = TopicPartition("orders", 0)
     consumer = FlakyConsumer(failures=1, partitions={tp})
-    committer = Committer(consumer, Hooks(), Status(), tracing=Tracing(provider))  # type: ignore[arg-type]
+    committer = Committer(consumer, Hooks(), Status(), tracing=Tracing(provider))
     committer.offer(tp, 10, first.get_span_context())
     committer.offer(tp, 20, second.get_span_context())
 

@@ -8,12 +8,14 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
+from structlog.typing import EventDict
 
 from eventq.consumers import health
 from eventq.consumers.health import HealthServer, Status
@@ -73,7 +75,7 @@ async def test_outage_backs_off_by_growing_steps(monkeypatch: pytest.MonkeyPatch
     async def fake_sleep(delay: float) -> None:
         waits.append(delay)
 
-    monkeypatch.setattr(health.asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
     status = Status()
     with capture_logs():
         for _ in range(5):
@@ -192,7 +194,7 @@ async def test_unknown_path_is_404(server: HealthServer) -> None:
     assert body == {"error": "not found; use /livez, /readyz or /metrics"}
 
 
-async def scrape(registry: Any) -> tuple[str, str, bytes]:
+async def scrape(registry: CollectorRegistry) -> tuple[str, str, bytes]:
     """(status line, content type, body) of GET /metrics on a server for ``registry``."""
     server = HealthServer(Status(), "127.0.0.1", 0, registry=registry)
     await server.start()
@@ -228,13 +230,14 @@ async def test_metrics_serves_the_registry_in_prometheus_text_format() -> None:
 async def test_a_failing_metrics_collector_answers_500_saying_why() -> None:
     """A collector that raises gives a 500 with a JSON reason (and a log line), not a dropped connection."""
     from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
     class Broken:
-        def collect(self) -> Any:
+        def collect(self) -> Iterable[Metric]:
             raise RuntimeError("collector exploded")
 
     registry = CollectorRegistry()
-    registry.register(Broken())  # type: ignore[arg-type]
+    registry.register(Broken())
     with capture_logs() as logs:
         status, content_type, body = await scrape(registry)
 
@@ -264,7 +267,7 @@ def status_code(response: bytes) -> int:
 
 
 @pytest.fixture
-def quiet(caplog: pytest.LogCaptureFixture) -> Any:
+def quiet(caplog: pytest.LogCaptureFixture) -> Iterator[list[EventDict]]:
     """Every structlog event of the test; the test then asserts nothing reached stdlib logging at warning or above."""
     caplog.set_level(logging.WARNING)
     with capture_logs() as logs:
@@ -272,7 +275,7 @@ def quiet(caplog: pytest.LogCaptureFixture) -> Any:
     assert [r.getMessage() for r in caplog.records] == []  # no asyncio "Unhandled exception …" traceback
 
 
-async def test_binary_garbage_is_answered_400_without_a_log_line(server: HealthServer, quiet: list[Any]) -> None:
+async def test_binary_garbage_is_answered_400_without_a_log_line(server: HealthServer, quiet: list[EventDict]) -> None:
     """Bytes that are not an HTTP request line get 400 and nothing is logged."""
     response = await raw(server.port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\xff\xfe\r\n\r\n")
     assert status_code(response) == 400
@@ -280,7 +283,7 @@ async def test_binary_garbage_is_answered_400_without_a_log_line(server: HealthS
 
 
 async def test_an_oversized_request_line_is_answered_414_without_a_traceback(
-    server: HealthServer, quiet: list[Any]
+    server: HealthServer, quiet: list[EventDict]
 ) -> None:
     """A 200 kB request line gets 414, read only as far as the 8 KiB bound, with nothing logged."""
     response = await raw(server.port, b"GET /" + b"a" * 200_000 + b" HTTP/1.1\r\n\r\n")
@@ -288,7 +291,7 @@ async def test_an_oversized_request_line_is_answered_414_without_a_traceback(
     assert quiet == []
 
 
-async def test_oversized_or_too_many_headers_are_answered_431(server: HealthServer, quiet: list[Any]) -> None:
+async def test_oversized_or_too_many_headers_are_answered_431(server: HealthServer, quiet: list[EventDict]) -> None:
     """One header over the bound, or more headers than allowed, get 431."""
     big = await raw(server.port, b"GET /livez HTTP/1.1\r\nX-Big: " + b"b" * 20_000 + b"\r\n\r\n")
     many = await raw(server.port, b"GET /livez HTTP/1.1\r\n" + b"X-H: 1\r\n" * 100 + b"\r\n")
@@ -296,14 +299,14 @@ async def test_oversized_or_too_many_headers_are_answered_431(server: HealthServ
     assert quiet == []
 
 
-async def test_a_malformed_header_line_or_http_2_is_refused(server: HealthServer, quiet: list[Any]) -> None:
+async def test_a_malformed_header_line_or_http_2_is_refused(server: HealthServer, quiet: list[EventDict]) -> None:
     """A header line without a colon gets 400; an HTTP/2 request line gets 505."""
     no_colon = await raw(server.port, b"GET /livez HTTP/1.1\r\nnot a header\r\n\r\n")
     http2 = await raw(server.port, b"GET /livez HTTP/2.0\r\n\r\n")
     assert (status_code(no_colon), status_code(http2)) == (400, 505)
 
 
-async def test_methods_other_than_get_and_head_get_405(server: HealthServer, quiet: list[Any]) -> None:
+async def test_methods_other_than_get_and_head_get_405(server: HealthServer, quiet: list[EventDict]) -> None:
     """POST /readyz gets 405 naming the allowed methods; HEAD gets the headers of GET without a body."""
     post = await raw(server.port, b"POST /readyz HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
     head = await raw(server.port, b"HEAD /livez HTTP/1.1\r\n\r\n")
@@ -312,7 +315,7 @@ async def test_methods_other_than_get_and_head_get_405(server: HealthServer, qui
 
 
 async def test_http_1_0_query_strings_and_absolute_targets_reach_the_route(
-    server: HealthServer, quiet: list[Any]
+    server: HealthServer, quiet: list[EventDict]
 ) -> None:
     """GET /readyz?verbose, an HTTP/1.0 request and an absolute-form target are all served as their path."""
     server.status.assigned = 1
@@ -322,7 +325,9 @@ async def test_http_1_0_query_strings_and_absolute_targets_reach_the_route(
     assert [status_code(r) for r in (query, old, absolute)] == [200, 200, 200]
 
 
-async def test_empty_and_half_sent_connections_are_dropped_quietly(server: HealthServer, quiet: list[Any]) -> None:
+async def test_empty_and_half_sent_connections_are_dropped_quietly(
+    server: HealthServer, quiet: list[EventDict]
+) -> None:
     """A connection closed before (or in the middle of) its request gets no answer, and the server keeps serving."""
     assert await raw(server.port, b"", close_write=True) == b""
     assert await raw(server.port, b"GET /livez HT", close_write=True) == b""
@@ -331,7 +336,7 @@ async def test_empty_and_half_sent_connections_are_dropped_quietly(server: Healt
 
 
 async def test_a_slow_client_gets_408_once_the_read_deadline_passes(
-    server: HealthServer, quiet: list[Any], monkeypatch: pytest.MonkeyPatch
+    server: HealthServer, quiet: list[EventDict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client sending its request byte by byte (slowloris) is answered 408 at the deadline, not waited for."""
     monkeypatch.setattr(health, "READ_TIMEOUT_S", 0.5)
@@ -356,7 +361,7 @@ async def test_a_slow_client_gets_408_once_the_read_deadline_passes(
 
 
 async def test_a_connection_flood_is_turned_away_and_the_server_recovers(
-    server: HealthServer, quiet: list[Any], monkeypatch: pytest.MonkeyPatch
+    server: HealthServer, quiet: list[EventDict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past the connection bound new connections get 503 at once; once the others close, requests are served."""
     monkeypatch.setattr(health, "MAX_CONNECTIONS", 3)

@@ -104,13 +104,14 @@ NOTHING = {
 
 def test_eventq_letter_parses_everything_its_writer_wrote() -> None:
     """A record with the headers eventq's dead-letter writer produces parses to its full origin and failure."""
-    record = dead_letter(eventq_headers())
+    headers = eventq_headers()
+    record = dead_letter(headers)
 
     letter = parse(record)
 
     assert letter == Letter(
         topic="orders.dlt", partition=1, offset=41, timestamp_ms=DLT_MS, key=b"customer-7",
-        value=b'{"order_id": "o-1"}', headers=tuple(record.headers), dialect="eventq",
+        value=b'{"order_id": "o-1"}', headers=tuple(headers), dialect="eventq",
         source_topic="orders", source_partition=3, source_offset=1207, source_timestamp=SOURCE_MS,
         group="billing", handler="myservice.handlers.on_created", reason="exhausted", attempts=5,
         first_failure="2024-05-01T12:00:00.123Z", last_failure="2024-05-01T12:00:31.005Z",
@@ -199,8 +200,9 @@ def test_record_without_dead_letter_headers_is_unknown() -> None:
 
 def test_record_with_no_headers_at_all() -> None:
     """A record whose headers are None or empty parses as 'unknown' with an empty header tuple."""
+    headers: list[tuple[str, bytes | None]] | None
     for headers in (None, []):
-        letter = parse(Record("orders.dlt", 0, 5, DLT_MS, None, None, headers))  # type: ignore[arg-type]
+        letter = parse(Record("orders.dlt", 0, 5, DLT_MS, None, None, headers))  # type: ignore[arg-type]  # None on purpose
         assert (letter.dialect, letter.headers, letter.event_id, letter.key_text) == ("unknown", (), None, None)
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
+from structlog.typing import EventDict
 
-from eventq.consumers import App, ConsumerSettings
+from eventq.consumers import App, BatchContext, ConsumerSettings, Context
 from eventq.consumers.health import Status
 from eventq.consumers.processor import Processor
 from eventq.consumers.slices import Item, SliceResult, decode_items
@@ -78,7 +79,7 @@ def processor(app: App, pool: ProbedPool | None = None, **settings: Any) -> Proc
 
 
 @pytest.fixture(autouse=True)
-def logs() -> Iterator[list[dict[str, Any]]]:
+def logs() -> Iterator[list[EventDict]]:
     """Log entries as dicts (and nothing printed)."""
     with capture_logs() as entries:
         yield entries
@@ -92,7 +93,7 @@ def test_valid_record_is_routed_to_its_handler() -> None:
     app = App("billing")
 
     @app.handler(CREATED)
-    async def on_created(event: Event, ctx: Any) -> None:
+    async def on_created(event: Event, ctx: Context) -> None:
         pass
 
     event = order()
@@ -142,7 +143,7 @@ def test_type_without_handler_has_no_handler() -> None:
     assert declared.handler is None and undeclared.handler is None
 
 
-async def _noop(event: Any, ctx: Any) -> None:
+async def _noop(event: Event, ctx: Context) -> None:
     pass
 
 
@@ -160,7 +161,7 @@ async def test_handler_failing_while_the_database_is_down_uses_up_no_attempt() -
     attempts: list[int] = []
 
     @app.handler(CREATED, max_attempts=2)
-    async def writes(event: Event, ctx: Any) -> None:
+    async def writes(event: Event, ctx: Context) -> None:
         attempts.append(ctx.attempt)
         if len(attempts) == 3:
             pool.answers = True
@@ -180,7 +181,7 @@ async def test_handler_connection_error_with_a_busy_pool_counts_as_an_attempt() 
     attempts: list[int] = []
 
     @app.handler(CREATED, max_attempts=2)
-    async def calls_out(event: Event, ctx: Any) -> None:
+    async def calls_out(event: Event, ctx: Context) -> None:
         attempts.append(ctx.attempt)
         raise ConnectionRefusedError("payments service down")
 
@@ -197,7 +198,7 @@ async def test_handler_that_fails_twice_then_succeeds_is_recorded_once() -> None
     attempts: list[int] = []
 
     @app.handler(CREATED)
-    async def flaky(event: Event, ctx: Any) -> None:
+    async def flaky(event: Event, ctx: Context) -> None:
         attempts.append(ctx.attempt)
         if len(attempts) < 3:
             raise ConnectionResetError("downstream hiccup")
@@ -210,13 +211,13 @@ async def test_handler_that_fails_twice_then_succeeds_is_recorded_once() -> None
     assert (result.letters, result.handled, result.duplicates) == ([], 1, 0)
 
 
-async def test_retries_are_logged_with_attempt_and_limit(logs: list[dict[str, Any]]) -> None:
+async def test_retries_are_logged_with_attempt_and_limit(logs: list[EventDict]) -> None:
     """Each scheduled retry logs event.retry_scheduled with the attempt, limit and error."""
     app = App("billing")
     calls = 0
 
     @app.handler(CREATED)
-    async def flaky(event: Event, ctx: Any) -> None:
+    async def flaky(event: Event, ctx: Context) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -236,7 +237,7 @@ async def test_always_failing_handler_is_dead_lettered_after_max_attempts() -> N
     calls = 0
 
     @app.handler(CREATED)
-    async def broken(event: Event, ctx: Any) -> None:
+    async def broken(event: Event, ctx: Context) -> None:
         nonlocal calls
         calls += 1
         raise KeyError("sku-9")
@@ -262,7 +263,7 @@ async def test_handler_max_attempts_overrides_the_daemon_limit() -> None:
     calls = 0
 
     @app.handler(CREATED, max_attempts=1)
-    async def broken(event: Event, ctx: Any) -> None:
+    async def broken(event: Event, ctx: Context) -> None:
         nonlocal calls
         calls += 1
         raise RuntimeError("no")
@@ -279,7 +280,7 @@ async def test_reject_dead_letters_at_once() -> None:
     calls = 0
 
     @app.handler(CREATED)
-    async def refuse(event: Event, ctx: Any) -> None:
+    async def refuse(event: Event, ctx: Context) -> None:
         nonlocal calls
         calls += 1
         raise Reject("currency not supported")
@@ -296,13 +297,13 @@ async def test_reject_dead_letters_at_once() -> None:
     assert rows(result) == [(event.id, 100, "dead_lettered")]
 
 
-async def test_retry_later_is_retried_after_its_delay(logs: list[dict[str, Any]]) -> None:
+async def test_retry_later_is_retried_after_its_delay(logs: list[EventDict]) -> None:
     """RetryLater(0.01) makes the event run again (after 0.01 s, not the back-off) and it then succeeds."""
     app = App("billing")
     attempts: list[int] = []
 
     @app.handler(CREATED)
-    async def later(event: Event, ctx: Any) -> None:
+    async def later(event: Event, ctx: Context) -> None:
         attempts.append(ctx.attempt)
         if ctx.attempt == 1:
             raise RetryLater(0.01, "stock not synced yet")
@@ -320,7 +321,7 @@ async def test_retry_later_counts_as_an_attempt() -> None:
     app = App("billing")
 
     @app.handler(CREATED)
-    async def later(event: Event, ctx: Any) -> None:
+    async def later(event: Event, ctx: Context) -> None:
         raise RetryLater(0)
 
     result = await processor(app, max_attempts=2).run(items_of(app, order()), set())
@@ -334,7 +335,7 @@ async def test_events_already_finished_are_not_handled() -> None:
     handled: list[str] = []
 
     @app.handler(CREATED)
-    async def on_created(event: Event, ctx: Any) -> None:
+    async def on_created(event: Event, ctx: Context) -> None:
         handled.append(event.id)
 
     done, fresh = order("a"), order("b")
@@ -351,7 +352,7 @@ async def test_same_event_twice_in_a_slice_runs_once() -> None:
     handled: list[int] = []
 
     @app.handler(CREATED)
-    async def on_created(event: Event, ctx: Any) -> None:
+    async def on_created(event: Event, ctx: Context) -> None:
         handled.append(ctx.offset)
 
     event = order()
@@ -437,7 +438,7 @@ async def test_batch_handler_retries_only_the_events_it_reports_failed() -> None
     first, second, third = order("a"), order("b"), order("c")
 
     @app.batch_handler(CREATED)
-    async def on_batch(events: list[Event], ctx: Any) -> dict[str, BaseException] | None:
+    async def on_batch(events: list[Event], ctx: BatchContext) -> dict[str, BaseException] | None:
         calls.append([event.id for event in events])
         if ctx.attempt == 1:
             return {second.id: RuntimeError("row locked")}
@@ -458,7 +459,7 @@ async def test_batch_handler_that_raises_fails_every_event() -> None:
     calls = 0
 
     @app.batch_handler(CREATED, max_attempts=2)
-    async def on_batch(events: list[Event], ctx: Any) -> None:
+    async def on_batch(events: list[Event], ctx: BatchContext) -> None:
         nonlocal calls
         calls += 1
         raise RuntimeError("db down")
@@ -481,7 +482,7 @@ async def test_key_ordering_keeps_each_key_in_order_and_runs_keys_concurrently()
     most = 0
 
     @app.handler(CREATED)
-    async def on_created(event: Event, ctx: Any) -> None:
+    async def on_created(event: Event, ctx: Context) -> None:
         nonlocal running, most
         started.append((event.key or "", ctx.offset))
         running += 1
@@ -512,7 +513,7 @@ async def test_partition_ordering_runs_one_event_at_a_time_in_offset_order() -> 
     most = 0
 
     @app.handler(CREATED)
-    async def on_created(event: Event, ctx: Any) -> None:
+    async def on_created(event: Event, ctx: Context) -> None:
         nonlocal running, most
         started.append(ctx.offset)
         running += 1
@@ -533,7 +534,7 @@ async def test_key_ordering_respects_max_concurrency() -> None:
     most = 0
 
     @app.handler(CREATED)
-    async def on_created(event: Event, ctx: Any) -> None:
+    async def on_created(event: Event, ctx: Context) -> None:
         nonlocal running, most
         running += 1
         most = max(most, running)
@@ -561,7 +562,7 @@ async def test_an_interrupt_stops_the_slice_between_events_and_points_at_the_fir
     handled: list[int] = []
 
     @app.handler(CREATED)
-    async def on_created(event: Event, ctx: Any) -> None:
+    async def on_created(event: Event, ctx: Context) -> None:
         handled.append(ctx.offset)
         if ctx.offset == 101:
             interrupt.set()
@@ -582,7 +583,7 @@ async def test_an_interrupt_cuts_a_retry_backoff_short_and_leaves_the_event_unfi
     interrupt = Interrupt()
 
     @app.handler(CREATED)
-    async def on_created(event: Event, ctx: Any) -> None:
+    async def on_created(event: Event, ctx: Context) -> None:
         if ctx.offset == 101:
             raise RetryLater(60)
 
@@ -603,7 +604,7 @@ async def test_a_finished_slice_points_past_its_last_record() -> None:
     app = App("billing")
 
     @app.handler(CREATED)
-    async def on_created(event: Event, ctx: Any) -> None:
+    async def on_created(event: Event, ctx: Context) -> None:
         raise Reject("no")
 
     result = await processor(app).run(items_of(app, order(), order()), set())

@@ -72,7 +72,7 @@ EVENT_FIELDS = {
 
 
 def processed(**event_dict: Any) -> dict[str, Any]:
-    return add_event_context(None, "info", {"event": "handler.done", **event_dict})
+    return dict(add_event_context(None, "info", {"event": "handler.done", **event_dict}))
 
 
 def record(name: str, msg: str, *args: Any) -> logging.LogRecord:
