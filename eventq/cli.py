@@ -38,6 +38,7 @@ from eventq.clikit import (
     telemetry_from_env,
 )
 from eventq.consumers import store
+from eventq.consumers.settings import ConsumerSettings
 from eventq.database import connect
 from eventq.devstack.commands import dev
 from eventq.dlq.commands import dlq
@@ -287,6 +288,9 @@ def load_app(ctx: click.Context, param: click.Parameter, value: str) -> Any:
               help="Serve /livez, /readyz and /metrics (Prometheus) on this port (0: any free port; "
                    "default: EVENTQ_HEALTH_PORT, else off).")
 @click.option("--migrate", is_flag=True, help="Apply database migrations before starting.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Member processes of the group, supervised and restarted (default: EVENTQ_WORKERS, else 1: "
+                   "this process is the daemon).")
 def consume(
     app: Any,
     bootstrap_servers: str | None,
@@ -299,21 +303,31 @@ def consume(
     max_attempts: int | None,
     health_port: int | None,
     migrate: bool,
+    workers: int | None,
 ) -> None:
     """Run a consumer daemon for MODULE:APP until SIGTERM/SIGINT (or --until-idle).
 
     Other settings come from EVENTQ_* variables (see the README); traces and metrics
     from OTEL_* ones (and EVENTQ_TRACE_FILE). On SIGTERM or SIGINT it stops fetching,
     lets in-flight work finish within the grace period, commits, leaves the group and
-    exits 0.
+    exits 0. With --workers N, N such daemons run as child processes, restarted if they
+    die; SIGTERM/SIGINT stops them all, and --health-port reports on all of them.
     """
     from eventq.consumers import Consumer, ConsumerSettings
+    from eventq.consumers.supervisor import serve_supervisor
 
     consumer_settings = settings(
         ConsumerSettings, kafka=kafka_settings(bootstrap_servers), database=database_settings(database_url),
         group_id=group, topics=topics or None, ordering=ordering, max_batch_size=max_batch_size,
-        max_attempts=max_attempts, health_port=health_port,
+        max_attempts=max_attempts, health_port=health_port, workers=workers,
     )
+    if consumer_settings.workers > 1:
+        try:
+            Consumer(app, consumer_settings)  # its configuration errors are one line here, not one per worker
+        except EventqError as exc:
+            raise click.ClickException(str(exc)) from exc
+        _supervise(consumer_settings)
+        return
 
     async def go(daemon: Consumer) -> None:
         if migrate:
@@ -326,7 +340,11 @@ def consume(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.stop)
         tune_gc_for_daemon()
-        await daemon.run(until_idle=until_idle)
+        supervised = asyncio.create_task(serve_supervisor(daemon))  # a no-op unless a worker of --workers
+        try:
+            await daemon.run(until_idle=until_idle)
+        finally:
+            supervised.cancel()
 
     with telemetry_from_env(consumer_settings.group_id or app.name,
                             prometheus=consumer_settings.health_port is not None):
@@ -335,6 +353,30 @@ def consume(
         except EventqError as exc:
             raise click.ClickException(str(exc)) from exc
         run(go(daemon))
+
+
+def _supervise(consumer_settings: ConsumerSettings) -> None:
+    """``eventq consume --workers N``: this process supervises N workers running the same command."""
+    from eventq.consumers.supervisor import Supervisor, worker_command
+
+    json_logs = click.get_current_context().find_root().params.get("log_json")
+    supervisor = Supervisor(
+        worker_command(sys.argv[1:], json_logs=not sys.stderr.isatty() if json_logs is None else json_logs),
+        consumer_settings.workers, shutdown_grace_s=consumer_settings.shutdown_grace_s,
+        health_host=consumer_settings.health_host, health_port=consumer_settings.health_port,
+    )
+
+    async def go() -> Any:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, supervisor.stop)
+        return await supervisor.run()
+
+    outcome = run(go())
+    if outcome.message:
+        click.echo(f"Error: {outcome.message}", err=True)
+    if outcome.code:
+        raise click.exceptions.Exit(outcome.code)
 
 
 @main.command()

@@ -91,6 +91,7 @@ class ConsumerSettings:
     health_port: int | None = None  # EVENTQ_HEALTH_PORT: serve /livez and /readyz (0 = any port)
     health_host: str = "127.0.0.1"  # EVENTQ_HEALTH_HOST
     pool_size: int = 4  # EVENTQ_DB_POOL_SIZE: PostgreSQL connections per daemon
+    workers: int = 1  # EVENTQ_WORKERS: eventq consume's member processes (1: no supervisor)
 
     def __post_init__(self) -> None:
         for name, variable in _SECONDS.items():
@@ -129,6 +130,8 @@ class ConsumerSettings:
             (self.health_port is None or 0 <= self.health_port <= 65535,
              "health_port must be 0-65535 (EVENTQ_HEALTH_PORT)"),
             (self.pool_size >= 2, "pool_size must be at least 2 (EVENTQ_DB_POOL_SIZE)"),
+            (not isinstance(self.workers, bool) and 1 <= self.workers <= 64,
+             "workers must be 1-64 (EVENTQ_WORKERS)"),
         )
         if isinstance(self.max_attempts, bool) or isinstance(self.max_batch_size, bool):
             raise ConfigError("max_attempts and max_batch_size must be whole numbers, not True/False")
@@ -187,6 +190,7 @@ class ConsumerSettings:
             ),
             "health_host": lambda: env_str(e, "EVENTQ_HEALTH_HOST", "127.0.0.1") or "127.0.0.1",
             "pool_size": lambda: env_int(e, "EVENTQ_DB_POOL_SIZE", 4, minimum=2, maximum=1000),
+            "workers": lambda: env_int(e, "EVENTQ_WORKERS", 1, minimum=1, maximum=64),
             **seconds,
         }, overrides)
 
