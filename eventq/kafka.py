@@ -344,7 +344,7 @@ async def check_group_access(settings: KafkaSettings, group: str) -> None:
     of the question (a coordinator still loading, say) is left to the consumer.
     """
     try:
-        async with asyncio.timeout(10), _admin(settings, []) as admin:
+        async with asyncio.timeout(30), _admin(settings, []) as admin:
             await admin.list_consumer_group_offsets(group)
     except ke.GroupAuthorizationFailedError as exc:
         raise ConsumerError(explain(exc, settings, group=group) or str(exc)) from exc

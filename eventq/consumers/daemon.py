@@ -63,6 +63,10 @@ log = structlog.get_logger("eventq.consumer")
 _ALL_BUSY_WAIT_S = 1.0  # all partitions busy this long → pause them and poll, to stay in the group
 
 
+# Refusals no retry can mend (a missing ACL): the daemon stops with the cause instead.
+_REFUSED = (ke.GroupAuthorizationFailedError, ke.TopicAuthorizationFailedError, ke.ClusterAuthorizationFailedError)
+
+
 class Consumer:
     """A consumer daemon for one :class:`App` (one consumer group).
 
@@ -374,6 +378,10 @@ class Consumer:
                 return
             try:
                 records = fetch.result()
+            except _REFUSED as exc:
+                # aiokafka keeps retrying a refused group or topic for ever: stop with the cause.
+                reason = explain(exc, s.kafka, topic=",".join(self.topics), operation="Read", group=self.group)
+                raise ConsumerError(reason or f"{type(exc).__name__}: {exc}") from exc
             except ke.KafkaError as exc:
                 log.warning("consumer.fetch_failed", error_type=type(exc).__name__, error=str(exc))
                 await asyncio.sleep(1.0)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from eventq.devstack import StackSettings
+from eventq_dev.devstack import StackSettings
 
 EVENTQ = str(Path(sys.executable).with_name("eventq"))
 REPO = Path(__file__).resolve().parents[2]
@@ -222,7 +222,9 @@ def test_health_port_taken_is_one_line(workdir: Path, busy_port: int) -> None:
     """``--health-port`` on a port already in use exits 1 with one line naming the port (no traceback)."""
     created = run_eventq(["topics", "create", "opfail.orders", "--partitions", "1"], {}, workdir)
     assert created.returncode == 0, created.stderr
-    result = run_eventq(["consume", "good_app:app", "--health-port", str(busy_port), "--until-idle"], {}, workdir)
+    result = run_eventq(
+        ["consume", "good_app:app", "--health-port", str(busy_port), "--until-idle", "--migrate"], {}, workdir
+    )
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("Error:") and str(busy_port) in last, result.stderr

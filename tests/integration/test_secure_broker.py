@@ -24,6 +24,7 @@ from eventq.config import KafkaSettings
 from eventq.kafka import create_topics
 from eventq.producers import Producer, ProducerSettings
 from eventq.telemetry import tracing as tr
+from eventq_dev.demo import SCHEMAS as DEMO_SCHEMAS
 from tests.integration.consumer_kit import order, rows
 from tests.securebroker import ADMIN_PASSWORD, LIMITED_PASSWORD, SecureBroker, secure_broker  # noqa: F401 (a fixture)
 
@@ -49,7 +50,7 @@ async def _run(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[in
 
 def _env(settings: KafkaSettings, **extra: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTQ_", "OTEL_"))}
-    return {**base, **SecureBroker.env(settings), **extra}
+    return {**base, **SecureBroker.env(settings), "EVENTQ_SCHEMAS": ",".join(DEMO_SCHEMAS), **extra}
 
 
 def _spans(path: Path) -> list[dict[str, Any]]:
@@ -72,7 +73,7 @@ async def test_publish_consume_dead_letter_and_replay_over_a_secured_listener_ke
     settings = secure_broker.sasl() if listener == "sasl" else secure_broker.mtls()
     topic = f"secure.{listener}.{uuid.uuid4().hex[:8]}"
     await create_topics(settings, [topic], partitions=2)
-    async with Producer(ProducerSettings(kafka=settings, default_topic=topic)) as producer:
+    async with Producer(ProducerSettings(kafka=settings, default_topic=topic, schemas=DEMO_SCHEMAS)) as producer:
         landed = await producer.publish(order(1))
         report = await producer.publish_many([order(n) for n in range(2, 6)])
     report.raise_for_failures()
@@ -190,9 +191,14 @@ async def test_each_security_failure_exits_1_with_one_error_line_naming_its_caus
     plaintext both ways, a missing client certificate and each missing ACL make the real CLI exit 1
     within seconds with one `Error:` line that names the cause and the fix, and no traceback."""
 
+    # A few at a time: fifteen interpreters and TLS handshakes at once on two shared cores
+    # can outlast a start-up bound that no failure should need.
+    running = asyncio.Semaphore(4)
+
     async def attempt(case: Case) -> tuple[Case, int, str]:
         env = _env(case.settings(secure_broker), EVENTQ_DATABASE_URL=database, **dict(case.env))
-        code, out, err = await _run(*case.command, env=env, timeout=45)
+        async with running:
+            code, out, err = await _run(*case.command, env=env, timeout=60)
         return case, code, out + err
 
     results = await asyncio.gather(*(attempt(case) for case in CASES))
