@@ -23,6 +23,8 @@ down: venv
 	$(BIN)/eventq dev down
 
 # The span file goes to the stack's own folder (EVENTQ_STACK_DIR), like the rest of its state.
+# `eventq demo` (eventq_dev/, installed with the dev extra) declares its own schema source,
+# eventq_dev.demo.schemas: the runtime's registry holds only eventq.ping.v1.
 demo: up
 	$(BIN)/eventq --log-console demo --trace-file "$${EVENTQ_STACK_DIR:-.eventq}/demo-spans.jsonl"
 

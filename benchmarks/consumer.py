@@ -77,6 +77,7 @@ from eventq.producers import Producer, ProducerSettings  # noqa: E402
 from eventq.schemas import Event  # noqa: E402
 from eventq.schemas.envelope import decode  # noqa: E402
 from eventq.telemetry import Telemetry  # noqa: E402
+from eventq_dev.demo import SCHEMAS as DEMO_SCHEMAS  # noqa: E402
 
 PARTITIONS = 6
 CUSTOMERS = 5_000
@@ -174,7 +175,7 @@ async def run_naive(args: argparse.Namespace, group: str, clock: Clock) -> int:
 
 
 async def run_eventq(args: argparse.Namespace, group: str, clock: Clock) -> int:
-    app = App(group, topics=[args.topic])
+    app = App(group, topics=[args.topic], schemas=DEMO_SCHEMAS)
 
     @app.handler("demo.order.created.v1")
     async def handle(event: Event, ctx: object) -> None:
@@ -244,7 +245,8 @@ async def fill_topic(kafka: KafkaSettings, topic: str, events: int, sampled: flo
     await create_topics(kafka, [topic, f"{topic}.dlt"], partitions=PARTITIONS)  # the daemon's DLT, made up front
     provider = traced_provider(sampled)
     telemetry = Telemetry(tracer_provider=provider)
-    async with Producer(ProducerSettings(kafka=kafka, default_topic=topic), telemetry=telemetry) as producer:
+    settings = ProducerSettings(kafka=kafka, default_topic=topic, schemas=DEMO_SCHEMAS)
+    async with Producer(settings, telemetry=telemetry) as producer:
         for i in range(0, events, CHUNK):
             (await producer.publish_many([order(n) for n in range(i, min(events, i + CHUNK))])).raise_for_failures()
     provider.shutdown()

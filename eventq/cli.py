@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import click
@@ -40,7 +39,6 @@ from eventq.clikit import (
 from eventq.consumers import store
 from eventq.consumers.settings import ConsumerSettings
 from eventq.database import connect
-from eventq.devstack.commands import dev
 from eventq.dlq.commands import dlq
 from eventq.errors import EventqError
 from eventq.kafka import create_topics
@@ -85,7 +83,34 @@ def main(log_json: bool | None, log_level: str | None, traceback: bool) -> None:
     configure_logging(json_logs=log_json, level=log_level.upper())
 
 
-main.add_command(dev)
+DEV_EXTRA_HINT = "pip install 'eventq[dev]'"
+
+
+def _needs_dev_extra(name: str) -> click.Command:
+    # Hidden, and taking any arguments (--help too), so `eventq dev up` gets the one line.
+    @click.command(name, hidden=True, add_help_option=False,
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def stand_in() -> None:
+        raise click.ClickException(f"eventq {name} needs the development extra: {DEV_EXTRA_HINT}")
+
+    return stand_in
+
+
+def dev_commands() -> tuple[click.Command, ...]:
+    """``eventq dev`` and ``eventq demo`` from :mod:`eventq_dev` if it is importable, else stand-ins
+    that say which extra to install (exit 1). An eventq_dev that is installed but fails to
+    import is not hidden: its error propagates."""
+    try:
+        from eventq_dev.cli import COMMANDS
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "eventq_dev":
+            raise
+        return (_needs_dev_extra("dev"), _needs_dev_extra("demo"))
+    return COMMANDS
+
+
+for _command in dev_commands():
+    main.add_command(_command)
 main.add_command(dlq)
 
 
@@ -377,42 +402,6 @@ def _supervise(consumer_settings: ConsumerSettings) -> None:
         click.echo(f"Error: {outcome.message}", err=True)
     if outcome.code:
         raise click.exceptions.Exit(outcome.code)
-
-
-@main.command()
-@kafka_options
-@database_options
-@click.option("--topic", default="demo.orders", show_default=True)
-@click.option("--events", "count", default=1000, show_default=True, type=click.IntRange(min=20))
-@click.option("--trace-file", default=".eventq/demo-spans.jsonl", show_default=True, type=click.Path(dir_okay=False),
-              help="Where to write the demo's spans (the file is replaced each run).")
-def demo(bootstrap_servers: str | None, database_url: str | None, topic: str, count: int, trace_file: str) -> None:
-    """Publish demo orders, consume them with a daemon, dead-letter the one that always fails, replay it.
-
-    Ends by printing the failed order's trace from the span file (also: eventq trace ID --file FILE).
-    """
-    from opentelemetry import trace as otel_trace
-
-    from eventq.demo import run_demo
-    from eventq.telemetry.view import journey, load_spans, render
-
-    def show_trace(event_id: str) -> str | None:
-        provider: Any = otel_trace.get_tracer_provider()
-        if hasattr(provider, "force_flush"):
-            provider.force_flush()
-        try:
-            found = journey(load_spans(trace_file).spans, event_id)
-        except EventqError:  # no span file: tracing was turned off (OTEL_SDK_DISABLED)
-            return None
-        if found.is_empty:
-            return None
-        return render(found, color=sys.stdout.isatty()) + f"\n(again: eventq trace {event_id} --file {trace_file})"
-
-    Path(trace_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(trace_file).unlink(missing_ok=True)
-    with telemetry_from_env("eventq-demo", trace_file=trace_file):
-        run(run_demo(kafka_settings(bootstrap_servers), database_settings(database_url), topic=topic, count=count,
-                     echo=click.echo, show_trace=show_trace))
 
 
 @main.command("trace")

@@ -20,9 +20,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from eventq.config import KafkaSettings
-from eventq.devstack import StackSettings, port_accepts
-from eventq.devstack.kafka import KafkaBroker, ensure_kafka_jars
 from eventq.kafka import create_topics
+from eventq_dev.devstack import StackSettings, port_accepts
+from eventq_dev.devstack.kafka import KafkaBroker, ensure_kafka_jars
 
 # The dev stack's broker unless the environment names another one.
 BOOTSTRAP = os.environ.get("EVENTQ_BOOTSTRAP_SERVERS") or StackSettings.from_env().bootstrap_servers

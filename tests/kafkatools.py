@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from eventq.devstack import StackSettings
-from eventq.devstack.kafka import ensure_kafka_jars, run_kafka_tool
+from eventq_dev.devstack import StackSettings
+from eventq_dev.devstack.kafka import ensure_kafka_jars, run_kafka_tool
 
 CONSUMER_GROUPS = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
 """The class ``bin/kafka-consumer-groups.sh`` runs (Kafka 4.x)."""

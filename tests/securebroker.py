@@ -36,10 +36,10 @@ import pytest
 
 from eventq.config import KafkaSettings
 from eventq.consumers import App, Context
-from eventq.devstack.kafka import KafkaBroker, run_kafka_tool
 from eventq.errors import Reject
 from eventq.kafka import create_topics
 from eventq.schemas import Event
+from eventq_dev.devstack.kafka import KafkaBroker, run_kafka_tool
 
 ADMIN_PASSWORD = "admin-secret"
 LIMITED_PASSWORD = "limited-secret"

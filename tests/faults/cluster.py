@@ -1,6 +1,6 @@
 """A real three-node KRaft Kafka cluster on loopback, for the fault-injection suite.
 
-Every node is a :class:`~eventq.devstack.kafka.KafkaBroker` that is both broker and
+Every node is a :class:`~eventq_dev.devstack.kafka.KafkaBroker` that is both broker and
 controller, on free loopback ports, under ``<home>/node<N>``. Killing one node (even the
 active controller) leaves a quorum of two, so the cluster keeps serving: partitions it
 led get a new leader once it is fenced (about 3 s, ``broker.session.timeout.ms``).
@@ -20,8 +20,8 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from eventq.devstack.kafka import KafkaBroker, random_cluster_id
 from eventq.errors import DevStackError
+from eventq_dev.devstack.kafka import KafkaBroker, random_cluster_id
 from tests.conftest import free_ports
 
 

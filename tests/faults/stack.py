@@ -20,9 +20,9 @@ from pathlib import Path
 import asyncpg
 
 from eventq.config import KafkaSettings
-from eventq.devstack import StackSettings
-from eventq.devstack.kafka import KafkaBroker, ensure_kafka_jars
-from eventq.devstack.postgres import PostgresCluster, cluster_home
+from eventq_dev.devstack import StackSettings
+from eventq_dev.devstack.kafka import KafkaBroker, ensure_kafka_jars
+from eventq_dev.devstack.postgres import PostgresCluster, cluster_home
 from tests.conftest import create_database, free_ports
 
 REPO = Path(__file__).resolve().parents[2]

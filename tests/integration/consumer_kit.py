@@ -16,6 +16,7 @@ from eventq.database import DatabaseSettings
 from eventq.producers import Producer, ProducerSettings
 from eventq.schemas import Event
 from eventq.telemetry import Telemetry
+from eventq_dev.demo import SCHEMAS as DEMO_SCHEMAS
 
 
 def consumer_settings(kafka: KafkaSettings, database: str, topic: str, **overrides: Any) -> ConsumerSettings:
@@ -25,6 +26,7 @@ def consumer_settings(kafka: KafkaSettings, database: str, topic: str, **overrid
         database=DatabaseSettings(url=database),
         group_id=f"g-{uuid.uuid4().hex[:8]}",
         topics=(topic,),
+        schemas=DEMO_SCHEMAS,
         max_batch_timeout_s=0.2,
         backoff_initial_s=0.05,
         backoff_max_s=0.2,
@@ -48,7 +50,7 @@ def order(n: int, key: str | None = None, **kwargs: Any) -> Event:
 
 async def publish(kafka: KafkaSettings, topic: str, events: Sequence[Event]) -> None:
     """Publish events (all must be acknowledged)."""
-    async with Producer(ProducerSettings(kafka=kafka)) as producer:
+    async with Producer(ProducerSettings(kafka=kafka, schemas=DEMO_SCHEMAS)) as producer:
         (await producer.publish_many(events, topic=topic)).raise_for_failures()
 
 

@@ -10,8 +10,9 @@ import os
 
 from eventq.consumers import App, Context
 from eventq.schemas import Event
+from eventq_dev.demo import SCHEMAS as DEMO_SCHEMAS
 
-app = App("sample")
+app = App("sample", schemas=DEMO_SCHEMAS)
 
 
 @app.handler("demo.order.created.v1")

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from eventq.cli import main
 from eventq.config import KafkaSettings
 from eventq.schemas import decode
+from eventq_dev.demo import SCHEMAS as DEMO_SCHEMAS
 from tests.conftest import Reader
 
 pytestmark = pytest.mark.kafka
@@ -36,6 +37,7 @@ async def test_publish_prints_where_the_event_landed(kafka_settings: KafkaSettin
 
     code, output = await acli(
         kafka_settings, "publish", "-t", topic, "--type", "demo.order.paid.v1", "-k", "o-9",
+        *(f"--schemas={s}" for s in DEMO_SCHEMAS),
         "-d", '{"order_id": "o-9", "amount_cents": 700}', "--correlation-id", "flow-9",
     )
     assert code == 0, output

@@ -18,10 +18,10 @@ from structlog.testing import capture_logs
 
 from eventq.config import KafkaSettings
 from eventq.consumers import App, Consumer, Context
-from eventq.devstack.kafka import KafkaBroker
 from eventq.kafka import create_topics
 from eventq.schemas import Event
 from eventq.schemas.envelope import encode
+from eventq_dev.devstack.kafka import KafkaBroker
 from tests.conftest import Reader, TopicFactory
 from tests.integration.consumer_kit import committed, consumer_settings, order, publish, rows, run_until_idle
 from tests.integration.tcp_proxy import proxy_database

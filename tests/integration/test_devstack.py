@@ -14,11 +14,11 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from eventq.devstack import StackSettings, port_accepts, process_matches
-from eventq.devstack.commands import down, postgres_cluster, status
-from eventq.devstack.kafka import KafkaBroker
-from eventq.devstack.postgres import PostgresCluster, cluster_home
 from eventq.errors import DevStackError
+from eventq_dev.devstack import StackSettings, port_accepts, process_matches
+from eventq_dev.devstack.commands import down, postgres_cluster, status
+from eventq_dev.devstack.kafka import KafkaBroker
+from eventq_dev.devstack.postgres import PostgresCluster, cluster_home
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,7 +146,7 @@ def _dev(
     command: str, settings_env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "eventq.devstack.commands", command],
+        [sys.executable, "-m", "eventq_dev.devstack.commands", command],
         env={**os.environ, **settings_env},
         cwd=REPO,
         capture_output=True,

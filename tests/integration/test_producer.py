@@ -12,6 +12,7 @@ from eventq.config import KafkaSettings
 from eventq.errors import BrokerUnavailable, MessageTooLarge, SchemaViolation, TopicNotFound
 from eventq.producers import Producer, ProducerSettings
 from eventq.schemas import Event, caused_by, decode
+from eventq_dev.demo import SCHEMAS as DEMO_SCHEMAS
 from tests.conftest import Reader, TopicFactory, end_offsets
 
 pytestmark = pytest.mark.kafka
@@ -22,7 +23,7 @@ def ping(n: int, key: str | None = None) -> Event:
 
 
 def producer_for(kafka: KafkaSettings, **overrides: object) -> Producer:
-    return Producer(ProducerSettings(kafka=kafka, **overrides))  # type: ignore[arg-type]
+    return Producer(ProducerSettings(kafka=kafka, schemas=DEMO_SCHEMAS, **overrides))  # type: ignore[arg-type]
 
 
 async def test_publish_reports_where_the_broker_stored_the_event(

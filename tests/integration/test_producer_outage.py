@@ -9,11 +9,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from eventq.config import KafkaSettings
-from eventq.devstack.kafka import KafkaBroker
 from eventq.errors import BrokerUnavailable, PublishError, PublishTimeout
 from eventq.kafka import create_topics
 from eventq.producers import Failed, Producer, ProducerSettings, Published
 from eventq.schemas import Event, decode
+from eventq_dev.devstack.kafka import KafkaBroker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

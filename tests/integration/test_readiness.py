@@ -23,10 +23,10 @@ from structlog.typing import EventDict
 
 from eventq.config import KafkaSettings
 from eventq.consumers import App, Consumer, Context
-from eventq.devstack.kafka import KafkaBroker
-from eventq.devstack.postgres import PostgresCluster, cluster_home
 from eventq.kafka import create_topics
 from eventq.schemas import Event
+from eventq_dev.devstack.kafka import KafkaBroker
+from eventq_dev.devstack.postgres import PostgresCluster, cluster_home
 from tests.conftest import TopicFactory, create_database, free_ports
 from tests.integration.consumer_kit import consumer_settings, order, publish
 

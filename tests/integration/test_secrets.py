@@ -20,8 +20,8 @@ import pytest
 from eventq.config import KafkaSettings
 from eventq.consumers import ConsumerSettings
 from eventq.database import DatabaseSettings
-from eventq.devstack import StackSettings
 from eventq.producers import ProducerSettings
+from eventq_dev.devstack import StackSettings
 
 EVENTQ = str(Path(sys.executable).with_name("eventq"))
 REPO = Path(__file__).resolve().parents[2]

@@ -30,6 +30,7 @@ from eventq.schemas import Event
 from eventq.telemetry import Telemetry
 from eventq.telemetry import tracing as tr
 from eventq.telemetry.logs import add_event_context
+from eventq_dev.demo import SCHEMAS as DEMO_SCHEMAS
 from tests.conftest import Reader, TopicFactory
 from tests.integration.consumer_kit import consumer_settings, order, rows, run_until_idle
 
@@ -99,7 +100,9 @@ async def test_publish_handle_and_follow_up_share_one_trace_with_the_right_paren
         pass
 
     first = order(1, key="customer-7")
-    async with Producer(ProducerSettings(kafka=kafka_settings), telemetry=traces.telemetry) as producer:
+    async with Producer(
+        ProducerSettings(kafka=kafka_settings, schemas=DEMO_SCHEMAS), telemetry=traces.telemetry
+    ) as producer:
         await producer.publish(first, topic=topic)
     settings = consumer_settings(kafka_settings, database, topic)
     await run_until_idle(app, settings, telemetry=traces.telemetry)
@@ -145,7 +148,9 @@ async def test_a_batch_span_links_every_event_and_each_handle_span_continues_its
         pass
 
     events = [order(n) for n in range(60)]
-    async with Producer(ProducerSettings(kafka=kafka_settings), telemetry=traces.telemetry) as producer:
+    async with Producer(
+        ProducerSettings(kafka=kafka_settings, schemas=DEMO_SCHEMAS), telemetry=traces.telemetry
+    ) as producer:
         (await producer.publish_many(events, topic=topic)).raise_for_failures()
     await run_until_idle(app, consumer_settings(kafka_settings, database, topic), telemetry=traces.telemetry)
 
@@ -180,7 +185,9 @@ async def test_a_dead_lettered_and_replayed_event_stays_in_its_original_trace(
         return app
 
     declined = order(13)
-    async with Producer(ProducerSettings(kafka=kafka_settings), telemetry=traces.telemetry) as producer:
+    async with Producer(
+        ProducerSettings(kafka=kafka_settings, schemas=DEMO_SCHEMAS), telemetry=traces.telemetry
+    ) as producer:
         await producer.publish(declined, topic=topic)
     settings = consumer_settings(kafka_settings, database, topic, max_attempts=3)
     await run_until_idle(make_app(), settings, telemetry=traces.telemetry)
@@ -236,7 +243,9 @@ async def test_skipped_duplicates_rejected_and_undecodable_records_are_visible_i
             raise Reject("no such customer")
 
     kept, rejected = order(1), order(2)
-    async with Producer(ProducerSettings(kafka=kafka_settings), telemetry=traces.telemetry) as producer:
+    async with Producer(
+        ProducerSettings(kafka=kafka_settings, schemas=DEMO_SCHEMAS), telemetry=traces.telemetry
+    ) as producer:
         for event in (kept, rejected, kept):  # the same event twice: the second is a duplicate
             await producer.publish(event, topic=topic)
     raw = AIOKafkaProducer(**kafka_settings.client_kwargs())
@@ -283,7 +292,9 @@ async def test_log_lines_from_handling_carry_the_event_and_the_active_span(
             raise ConnectionError("flaky")
 
     event = order(5, key="customer-5")
-    async with Producer(ProducerSettings(kafka=kafka_settings), telemetry=traces.telemetry) as producer:
+    async with Producer(
+        ProducerSettings(kafka=kafka_settings, schemas=DEMO_SCHEMAS), telemetry=traces.telemetry
+    ) as producer:
         await producer.publish(event, topic=topic)
     settings = consumer_settings(kafka_settings, database, topic)
     # add_event_context is annotated with dict where structlog's processors take a MutableMapping
@@ -331,7 +342,7 @@ async def test_metrics_count_the_work_and_the_lag_returns_to_zero(
             raise ConnectionError("down")
 
     events = [order(n) for n in range(40)]
-    async with Producer(ProducerSettings(kafka=kafka_settings), telemetry=telemetry) as producer:
+    async with Producer(ProducerSettings(kafka=kafka_settings, schemas=DEMO_SCHEMAS), telemetry=telemetry) as producer:
         (await producer.publish_many([*events, events[7]], topic=topic)).raise_for_failures()
     settings = consumer_settings(kafka_settings, database, topic, max_attempts=2, health_port=0)
     daemon = Consumer(app, settings, telemetry=telemetry)

@@ -6,6 +6,7 @@ import click
 from click.testing import CliRunner
 
 from eventq.cli import main
+from eventq_dev.demo import SCHEMAS as DEMO_SCHEMAS
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -29,7 +30,8 @@ def test_missing_required_option_is_a_usage_error() -> None:
 
 def test_schema_violation_exits_1_before_contacting_the_broker() -> None:
     """A payload that breaks its schema is reported (exit 1) even with no broker reachable."""
-    code, output = invoke("publish", "-t", "t", "--type", "demo.order.paid.v1", "--data", '{"order_id": "o"}')
+    code, output = invoke("publish", "-t", "t", "--type", "demo.order.paid.v1", "--data", '{"order_id": "o"}',
+                          *(f"--schemas={s}" for s in DEMO_SCHEMAS))
     assert code == 1
     assert "violates its schema" in output and "amount_cents" in output
 
@@ -70,7 +72,8 @@ def test_dlq_age_is_bounded() -> None:
 def test_publish_reads_the_topic_and_producer_variables() -> None:
     """publish takes its topic from EVENTQ_TOPIC and refuses a bad producer variable by name."""
     runner = CliRunner()
-    env = {"EVENTQ_BOOTSTRAP_SERVERS": "127.0.0.1:1", "EVENTQ_TOPIC": "orders"}
+    env = {"EVENTQ_BOOTSTRAP_SERVERS": "127.0.0.1:1", "EVENTQ_TOPIC": "orders",
+           "EVENTQ_SCHEMAS": ",".join(DEMO_SCHEMAS)}
     result = runner.invoke(main, ["publish", "--type", "demo.order.paid.v1", "--data", "{}"], env=env)
     assert result.exit_code == 1 and "violates its schema" in result.output  # got past the topic check
     result = runner.invoke(main, ["publish", "--type", "eventq.ping.v1"], env={**env, "EVENTQ_LINGER_MS": "-5"})

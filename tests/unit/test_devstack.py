@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from eventq.devstack import StackSettings, commands
-from eventq.devstack.commands import dev
-from eventq.devstack.kafka import KafkaBroker, ensure_kafka_jars, require_java
-from eventq.devstack.postgres import cluster_home, find_pg_bindir
 from eventq.errors import ConfigError, DevStackError
+from eventq_dev.devstack import StackSettings, commands
+from eventq_dev.devstack.commands import dev
+from eventq_dev.devstack.kafka import KafkaBroker, ensure_kafka_jars, require_java
+from eventq_dev.devstack.postgres import cluster_home, find_pg_bindir
 
 
 def _fake_java(folder: Path, version_line: str) -> Path:

@@ -18,12 +18,13 @@ from eventq.consumers.store import Processed
 from eventq.errors import InvalidEvent, Reject, RetryLater, SchemaViolation
 from eventq.schemas.envelope import DEFAULT_MAX_EVENT_BYTES, Event, encode
 from eventq.schemas.registry import SchemaRegistry
+from eventq_dev.demo import SCHEMAS as DEMO_SCHEMAS
 from tests.unit.fakes import Record
 
 CREATED = "demo.order.created.v1"
 PAID = "demo.order.paid.v1"
 UNDECLARED = "order.refunded.v1"  # no schema: decoded without validation
-REGISTRY = SchemaRegistry.load(())
+REGISTRY = SchemaRegistry.load(DEMO_SCHEMAS)
 
 
 

@@ -10,6 +10,7 @@ import pytest
 from eventq.errors import ConfigError, SchemaViolation, UnknownEventType
 from eventq.schemas import SchemaRegistry
 from eventq.schemas.registry import has_schema_file
+from eventq_dev.demo import SCHEMAS as DEMO_SCHEMAS
 
 
 def write_schema(folder: Path, event_type: str, schema: object) -> None:
@@ -17,14 +18,16 @@ def write_schema(folder: Path, event_type: str, schema: object) -> None:
 
 
 def test_builtin_schemas_ship_with_the_package() -> None:
-    """eventq's own demo and ping types load from package data."""
-    registry = SchemaRegistry.load()
+    """eventq's own ping type loads from package data, and it is the only type a registry holds undeclared;
+    the demo's types load from the demo's schema source."""
+    assert SchemaRegistry.load().types() == ["eventq.ping.v1"]
+    registry = SchemaRegistry.load(DEMO_SCHEMAS)
     assert {"demo.order.created.v1", "demo.order.paid.v1", "eventq.ping.v1"} <= set(registry.types())
 
 
 def test_valid_payload_passes_and_invalid_names_the_field() -> None:
     """A payload matching its schema passes; a violation names the offending field."""
-    registry = SchemaRegistry.load()
+    registry = SchemaRegistry.load(DEMO_SCHEMAS)
     registry.validate("demo.order.paid.v1", {"order_id": "o-1", "amount_cents": 5})
     with pytest.raises(SchemaViolation, match="amount_cents") as info:
         registry.validate("demo.order.paid.v1", {"order_id": "o-1", "amount_cents": "five"})
@@ -105,7 +108,9 @@ def test_has_schema_file_looks_in_directories_packages_and_builtin(tmp_path: Pat
     write_schema(tmp_path, "com.example.order.created", {"type": "object"})
     assert has_schema_file([str(tmp_path)], "com.example.order.created")
     assert has_schema_file([], "eventq.ping.v1")
-    assert has_schema_file(["eventq.schemas.builtin"], "demo.order.paid.v1", builtin=False)
+    assert has_schema_file(["eventq.schemas.builtin"], "eventq.ping.v1", builtin=False)
+    assert has_schema_file(list(DEMO_SCHEMAS), "demo.order.paid.v1", builtin=False)
+    assert not has_schema_file([], "demo.order.paid.v1")
     assert not has_schema_file([str(tmp_path), "no_such_package_xyz", "./no/such/dir"], "com.example.other")
 
 

@@ -1,1 +1,1 @@
-"""eventq's own event types: the demo's and a free-form ping for smoke tests."""
+"""eventq's own event types, always in the registry: ``eventq.ping.v1``, a free-form ping for smoke tests."""

@@ -17,7 +17,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from eventq.devstack import (
+from eventq.errors import DevStackError
+from eventq_dev.devstack import (
     DATABASE,
     own_dsn,
     port_is_free,
@@ -25,7 +26,6 @@ from eventq.devstack import (
     read_pid,
     tail_lines,
 )
-from eventq.errors import DevStackError
 
 __all__ = ["DATABASE", "PostgresCluster", "cluster_home", "find_pg_bindir"]
 

@@ -1,10 +1,10 @@
 """A local development stack without Docker: one Kafka broker and one PostgreSQL cluster.
 
-* :mod:`eventq.devstack.kafka` - :class:`~eventq.devstack.kafka.KafkaBroker`, a real
+* :mod:`eventq_dev.devstack.kafka` - :class:`~eventq_dev.devstack.kafka.KafkaBroker`, a real
   single-node KRaft broker run from jars fetched once from Maven Central.
-* :mod:`eventq.devstack.postgres` - :class:`~eventq.devstack.postgres.PostgresCluster`,
+* :mod:`eventq_dev.devstack.postgres` - :class:`~eventq_dev.devstack.postgres.PostgresCluster`,
   a throw-away cluster run from Debian's PostgreSQL binaries.
-* :mod:`eventq.devstack.commands` - ``up()``/``down()``/``status()`` for the whole
+* :mod:`eventq_dev.devstack.commands` - ``up()``/``down()``/``status()`` for the whole
   stack and the ``eventq dev`` click group.
 
 This module holds what they share: :class:`StackSettings` and a few process/port helpers.

@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 
 import click
 
-from eventq.devstack import StackSettings, port_accepts, port_is_free
-from eventq.devstack.kafka import (
+from eventq.errors import DevStackError, EventqError
+from eventq_dev.devstack import StackSettings, port_accepts, port_is_free
+from eventq_dev.devstack.kafka import (
     KAFKA_VERSION,
     KafkaBroker,
     default_kafka_lib,
@@ -23,8 +24,7 @@ from eventq.devstack.kafka import (
     kafka_jars_installed,
     require_java,
 )
-from eventq.devstack.postgres import PostgresCluster, cluster_home, find_pg_bindir
-from eventq.errors import DevStackError, EventqError
+from eventq_dev.devstack.postgres import PostgresCluster, cluster_home, find_pg_bindir
 
 __all__ = ["ServiceStatus", "StackInfo", "dev", "down", "status", "up"]
 

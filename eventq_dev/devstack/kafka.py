@@ -24,7 +24,8 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from eventq.devstack import (
+from eventq.errors import DevStackError
+from eventq_dev.devstack import (
     StackSettings,
     port_accepts,
     port_is_free,
@@ -32,7 +33,6 @@ from eventq.devstack import (
     read_pid,
     tail_lines,
 )
-from eventq.errors import DevStackError
 
 __all__ = [
     "KAFKA_VERSION",
@@ -57,7 +57,7 @@ _STAMP = ".eventq-pom.sha256"
 
 
 def _pom_digest() -> str:
-    pom = resources.files("eventq.devstack").joinpath("pom.xml").read_bytes()
+    pom = resources.files("eventq_dev.devstack").joinpath("pom.xml").read_bytes()
     return hashlib.sha256(pom + KAFKA_VERSION.encode()).hexdigest()
 
 
@@ -131,7 +131,7 @@ def _fetch_jars(lib: Path, timeout: float) -> None:
     try:
         pom = work / "pom.xml"
         pom.write_bytes(
-            resources.files("eventq.devstack").joinpath("pom.xml").read_bytes()
+            resources.files("eventq_dev.devstack").joinpath("pom.xml").read_bytes()
         )
         command = [
             mvn, "-q", "-B", "-f", str(pom), f"-Dkafka.version={KAFKA_VERSION}",
@@ -360,7 +360,7 @@ class KafkaBroker:
 
     def _write_config(self) -> None:
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
-        package = resources.files("eventq.devstack")
+        package = resources.files("eventq_dev.devstack")
         template = Template(package.joinpath("server.properties").read_text())
         text = template.substitute(
             node_id=self.node_id,

@@ -12,6 +12,10 @@
 5. With a span file (the CLI writes one), print the declined order's trace: publish,
    the failed handling with its retries, the dead letter, the replay, the handling
    after it and the follow-up, all in one trace.
+
+The demo's event types (``demo.order.created.v1``, ``demo.order.paid.v1``) are not eventq's:
+their schemas live in :mod:`eventq_dev.demo.schemas`, and the demo declares them as a schema
+source (:data:`SCHEMAS`) like any application would.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from eventq.schemas import Event, caused_by
 SOURCE = "eventq-demo"
 GROUP = "demo-billing"
 DECLINED_ORDER = "order-13"  # the payment provider declines this one, every time
+SCHEMAS: tuple[str, ...] = ("eventq_dev.demo.schemas",)
+"""The schema sources that declare the demo's event types (for ``schemas=`` and ``EVENTQ_SCHEMAS``)."""
 
 
 def _order(n: int) -> Event:
@@ -53,7 +59,7 @@ def _order(n: int) -> Event:
 
 def demo_app(topic: str, charged: dict[str, list[int]], *, fixed: bool = False) -> App:
     """The demo's handlers: charge orders (one is declined until ``fixed``), note payments."""
-    app = App(GROUP, topics=[topic])
+    app = App(GROUP, topics=[topic], schemas=SCHEMAS)
 
     @app.handler("demo.order.created.v1")
     async def charge(event: Event, ctx: Context) -> None:
@@ -95,7 +101,7 @@ async def run_demo(
     created = await create_topics(kafka, [topic], partitions=6)
     echo(f"topic        {topic}: {'created' if created else 'exists'} (6 partitions)")
 
-    async with Producer(ProducerSettings.from_env(kafka=kafka, default_topic=topic)) as producer:
+    async with Producer(ProducerSettings.from_env(kafka=kafka, default_topic=topic, schemas=SCHEMAS)) as producer:
         first = _order(0)
         landed = await producer.publish(first)
         echo(f"publish      {first.type} {first.id} -> partition {landed.partition} offset {landed.offset}")
