@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import contextvars
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import aiokafka.client
@@ -297,23 +297,59 @@ async def stop_producer(producer: AIOKafkaProducer, timeout: float) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _admin(
-    settings: KafkaSettings, topics: list[str], doing: str = "describe"
+async def admin(
+    settings: KafkaSettings, *, unreachable: Callable[[Exception], EventqError | None]
 ) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(**settings.client_kwargs())
+    """A started aiokafka admin client, closed on exit: the one place eventq builds one.
+
+    If it cannot start, the error ``unreachable(exc)`` names is raised from ``exc`` (each
+    caller says what it was doing, in its own error); when that gives None, ``exc`` itself
+    propagates. The client is closed either way.
+    """
+    client = AIOKafkaAdminClient(**settings.client_kwargs())
     try:
         try:
-            await admin.start()
-        except (ke.KafkaError, OSError) as exc:
-            reason = explain(exc, settings)
-            if reason is not None:
-                raise PublishError(",".join(topics), reason, doing=doing) from exc
-            raise BrokerUnavailable(
-                ",".join(topics), f"cannot reach a Kafka broker at {settings.bootstrap_servers}", doing=doing
-            ) from exc
-        yield admin
+            await client.start()
+        except Exception as exc:
+            error = unreachable(exc)
+            if error is None:
+                raise
+            raise error from exc
+        yield client
     finally:
-        await admin.close()
+        await client.close()
+
+
+def _admin(
+    settings: KafkaSettings, topics: list[str], doing: str = "describe"
+) -> contextlib.AbstractAsyncContextManager[AIOKafkaAdminClient]:
+    # eventq's own admin calls: a client that cannot start is a PublishError naming the topics.
+    def unreachable(exc: Exception) -> EventqError | None:
+        if not isinstance(exc, (ke.KafkaError, OSError)):
+            return None
+        reason = explain(exc, settings)
+        if reason is not None:
+            return PublishError(",".join(topics), reason, doing=doing)
+        return BrokerUnavailable(
+            ",".join(topics), f"cannot reach a Kafka broker at {settings.bootstrap_servers}", doing=doing
+        )
+
+    return admin(settings, unreachable=unreachable)
+
+
+def unreachable_for_reading(settings: KafkaSettings, exc: BaseException) -> ConsumerError:
+    """The error for a reader (the dead-letter tools) whose client could not start.
+
+    A security cause (:func:`explain`) is not retriable; anything else is named as a
+    broker that cannot be reached (retriable).
+    """
+    reason = explain(exc, settings, operation="Read")
+    if reason is not None:  # authentication, TLS or a missing ACL: retrying cannot help
+        return ConsumerError(reason)
+    return ConsumerError(
+        f"cannot reach a Kafka broker at {settings.bootstrap_servers} ({type(exc).__name__}); start it "
+        "(eventq dev up) or fix EVENTQ_BOOTSTRAP_SERVERS", retriable=True,
+    )
 
 
 async def topic_refusal(client: Any, topic: str) -> ke.KafkaError | None:

@@ -40,7 +40,7 @@ from opentelemetry.trace import Span
 from eventq.consumers import store
 from eventq.consumers.app import App
 from eventq.consumers.committer import Committer, Recorder
-from eventq.consumers.deadletter import HEADROOM_BYTES, TRACEPARENT, DeadLetterSink, dead_letter_headers
+from eventq.consumers.deadletter import HEADROOM_BYTES, DeadLetterSink, dead_letter_headers
 from eventq.consumers.health import HealthServer, Status, with_database
 from eventq.consumers.hooks import Hooks
 from eventq.consumers.probes import DatabaseProbe, Prober
@@ -57,6 +57,7 @@ from eventq.telemetry import Telemetry
 from eventq.telemetry import tracing as tr
 from eventq.telemetry.logs import bounded
 from eventq.telemetry.metrics import ConsumerMetrics
+from eventq.wire import DLT_TRACEPARENT
 
 log = structlog.get_logger("eventq.consumer")
 
@@ -111,10 +112,8 @@ class Consumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._pool: Any = None
         self._sink = DeadLetterSink(settings.kafka, timeout_s=settings.dead_letter_timeout_s)
-        self._producer = Producer(
-            settings.producer_for(app.schemas), telemetry=telemetry
-        )
-        self._producer.registry = self.registry  # follow-ups: the App's inline schemas too, loaded once
+        # Follow-up events are validated by the daemon's registry (the App's inline schemas too): loaded once.
+        self._producer = Producer(settings.producer_for(app.schemas), telemetry=telemetry, registry=self.registry)
         self._processor: Processor | None = None
         self._slices: dict[TopicPartition, asyncio.Task[None]] = {}
         self._interrupts: dict[TopicPartition, Interrupt] = {}
@@ -590,7 +589,7 @@ class Consumer:
                 span = self._tracing.dead_letter(topic, letter.span, letter.failure.reason)
                 traceparent = tr.traceparent_of(span)
                 if traceparent is not None:
-                    headers.append((TRACEPARENT, traceparent.encode()))
+                    headers.append((DLT_TRACEPARENT, traceparent.encode()))
                 spans.append(span)
             letters.append((topic, letter.key, letter.value, headers))
         try:

@@ -1,7 +1,8 @@
 """Dead letters: the record as it arrived, plus where it came from and why it failed.
 
 A dead-letter record keeps the original key, value and headers byte for byte (any
-``eventq-dlt-*`` headers of an earlier failure are replaced), and adds:
+``eventq-dlt-*`` headers of an earlier failure are replaced), and adds (the names are
+declared in :mod:`eventq.wire`):
 
 ==========================  ==================================================
 ``eventq-dlt-topic``        source topic
@@ -56,21 +57,31 @@ from eventq.config import KafkaSettings
 from eventq.errors import EventqError, MessageTooLarge, PublishTimeout
 from eventq.kafka import stop_producer, translate
 from eventq.kafkarecords import printable
+from eventq.wire import (
+    DLT_ATTEMPTS,
+    DLT_ERROR_MESSAGE,
+    DLT_ERROR_TYPE,
+    DLT_FIRST_FAILURE,
+    DLT_GROUP,
+    DLT_HANDLER,
+    DLT_LAST_FAILURE,
+    DLT_NULL_VALUE,
+    DLT_OFFSET,
+    DLT_OMITTED,
+    DLT_ORIGINAL_BYTES,
+    DLT_PARTITION,
+    DLT_PREFIX,
+    DLT_REASON,
+    DLT_STACKTRACE,
+    DLT_TIMESTAMP,
+    DLT_TOPIC,
+)
+from eventq.wire import REPLAY_COUNT as REPLAY_COUNT  # re-exported: eventq.consumers.slices reads it from here
 
 Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 
-PREFIX = "eventq-dlt-"
 MAX_MESSAGE_BYTES = 2_000
 MAX_STACK_BYTES = 8_000
-
-# Headers `eventq dlq replay` adds to a republished dead letter (see eventq.dlq.replay);
-# the daemon reads the count to let a replayed dead letter run its handler again.
-REPLAY_PREFIX = "eventq-replay-"
-REPLAY_COUNT = REPLAY_PREFIX + "count"
-REPLAY_FROM = REPLAY_PREFIX + "from"
-REPLAY_RUN = REPLAY_PREFIX + "run"
-REPLAY_AT = REPLAY_PREFIX + "at"
-TRACEPARENT = PREFIX + "traceparent"
 
 REASON_EXHAUSTED = "exhausted"
 REASON_REJECTED = "rejected"
@@ -78,9 +89,6 @@ REASON_INVALID = "invalid"
 REASON_UNKNOWN_TYPE = "unknown-type"
 REASON_UNDECODABLE = "undecodable"
 
-OMITTED = PREFIX + "omitted"
-ORIGINAL_BYTES = PREFIX + "original-bytes"
-NULL_VALUE = PREFIX + "null-value"  # the original had neither key nor value; the letter's value is empty
 # Room for eventq's own headers on top of a source record (the error message and the
 # stack trace are bounded above; topic, group and handler names are short).
 HEADROOM_BYTES = 64 * 1024
@@ -164,21 +172,21 @@ def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
     undecodable bytes (Kafka clients can only write text names).
     """
     f = letter.failure
-    headers = [(printable(name), value) for name, value in letter.headers if not name.startswith(PREFIX)]
+    headers = [(printable(name), value) for name, value in letter.headers if not name.startswith(DLT_PREFIX)]
     headers += [
-        (PREFIX + "topic", letter.topic.encode()),
-        (PREFIX + "partition", str(letter.partition).encode()),
-        (PREFIX + "offset", str(letter.offset).encode()),
-        (PREFIX + "timestamp", str(letter.timestamp).encode()),
-        (PREFIX + "group", letter.group.encode()),
-        (PREFIX + "handler", f.handler.encode()),
-        (PREFIX + "reason", f.reason.encode()),
-        (PREFIX + "attempts", str(f.attempts).encode()),
-        (PREFIX + "first-failure", _time(f.first_failure)),
-        (PREFIX + "last-failure", _time(f.last_failure)),
-        (PREFIX + "error-type", f.error_type.encode()),
-        (PREFIX + "error-message", _clip(f.message, MAX_MESSAGE_BYTES)),
-        (PREFIX + "stacktrace", _clip(f.stacktrace, MAX_STACK_BYTES, tail=True)),
+        (DLT_TOPIC, letter.topic.encode()),
+        (DLT_PARTITION, str(letter.partition).encode()),
+        (DLT_OFFSET, str(letter.offset).encode()),
+        (DLT_TIMESTAMP, str(letter.timestamp).encode()),
+        (DLT_GROUP, letter.group.encode()),
+        (DLT_HANDLER, f.handler.encode()),
+        (DLT_REASON, f.reason.encode()),
+        (DLT_ATTEMPTS, str(f.attempts).encode()),
+        (DLT_FIRST_FAILURE, _time(f.first_failure)),
+        (DLT_LAST_FAILURE, _time(f.last_failure)),
+        (DLT_ERROR_TYPE, f.error_type.encode()),
+        (DLT_ERROR_MESSAGE, _clip(f.message, MAX_MESSAGE_BYTES)),
+        (DLT_STACKTRACE, _clip(f.stacktrace, MAX_STACK_BYTES, tail=True)),
     ]
     return headers
 
@@ -208,15 +216,15 @@ def shrunk(record: Record, step: int) -> Record:
     size = record_bytes(key, value, headers)
     kept: list[tuple[str, bytes]] = []
     for name, raw in headers:
-        if name == PREFIX + "stacktrace":
+        if name == DLT_STACKTRACE:
             continue
-        if name == PREFIX + "error-message":
+        if name == DLT_ERROR_MESSAGE:
             raw = _clip(raw.decode("utf-8", "replace"), _SHORT_MESSAGE_BYTES)
-        elif "headers" in left_out and not name.startswith(PREFIX):
+        elif "headers" in left_out and not name.startswith(DLT_PREFIX):
             continue
-        if name not in (OMITTED, ORIGINAL_BYTES):
+        if name not in (DLT_OMITTED, DLT_ORIGINAL_BYTES):
             kept.append((name, raw))
-    kept += [(OMITTED, ",".join(left_out).encode()), (ORIGINAL_BYTES, str(size).encode())]
+    kept += [(DLT_OMITTED, ",".join(left_out).encode()), (DLT_ORIGINAL_BYTES, str(size).encode())]
     return (
         topic, None if "key" in left_out else key, None if "value" in left_out else value, kept,
     )
@@ -305,7 +313,7 @@ class DeadLetterSink:
                 if key is None and value is None:
                     # aiokafka cannot send a record with neither (Kafka can): the letter of a
                     # tombstone, or one left without both, carries an empty value instead.
-                    value, headers = b"", [*headers, (NULL_VALUE, b"true")]
+                    value, headers = b"", [*headers, (DLT_NULL_VALUE, b"true")]
                 try:
                     futures.append((entry, await aio.send(topic, value, key=key, headers=headers)))
                 except (ke.MessageSizeTooLargeError, ke.RecordTooLargeError) as exc:

@@ -8,7 +8,8 @@ has one delay, so a level's records are due in offset order), then runs the hand
 again. After the last attempt the event is dead-lettered as if it had never left its
 source topic: the dead letter names the source topic, partition and offset.
 
-A retry record is the original record (key, value, headers) plus:
+A retry record is the original record (key, value, headers) plus (the names are
+declared in :mod:`eventq.wire`):
 
 ============================  ============================================
 ``eventq-retry-topic``        source topic
@@ -35,7 +36,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-PREFIX = "eventq-retry-"
+from eventq.wire import (
+    RETRY_ATTEMPTS,
+    RETRY_DUE,
+    RETRY_ERROR_MESSAGE,
+    RETRY_ERROR_TYPE,
+    RETRY_FIRST_FAILURE,
+    RETRY_OFFSET,
+    RETRY_PARTITION,
+    RETRY_PREFIX,
+    RETRY_TIMESTAMP,
+    RETRY_TOPIC,
+)
 
 
 def retry_topic(origin: str, level: int) -> str:
@@ -77,16 +89,16 @@ def parse(headers: Sequence[tuple[str, bytes | None]], *, topic: str | None = No
     an int32, offsets and times an int64, a Kafka topic name), and when ``topic`` (the retry
     topic the record was read from) is given, the state must name that retry topic's source.
     """
-    values = {name[len(PREFIX):]: raw for name, raw in headers if name.startswith(PREFIX)}
+    values = {name: raw for name, raw in headers if name.startswith(RETRY_PREFIX)}
     try:
         state = RetryState(
-            topic=_field(values, "topic").decode(),
-            partition=_bounded(values, "partition", _INT32),
-            offset=_bounded(values, "offset", _INT64),
-            timestamp=int(_field(values, "timestamp")),
-            attempts=_bounded(values, "attempts", 1000),
-            due_ms=_bounded(values, "due", _INT64),
-            first_failure=datetime.fromisoformat(_field(values, "first-failure").decode()[:64]),
+            topic=_field(values, RETRY_TOPIC).decode(),
+            partition=_bounded(values, RETRY_PARTITION, _INT32),
+            offset=_bounded(values, RETRY_OFFSET, _INT64),
+            timestamp=int(_field(values, RETRY_TIMESTAMP)),
+            attempts=_bounded(values, RETRY_ATTEMPTS, 1000),
+            due_ms=_bounded(values, RETRY_DUE, _INT64),
+            first_failure=datetime.fromisoformat(_field(values, RETRY_FIRST_FAILURE).decode()[:64]),
         )
     except (KeyError, ValueError, UnicodeDecodeError, OverflowError):
         return None
@@ -99,7 +111,7 @@ def parse(headers: Sequence[tuple[str, bytes | None]], *, topic: str | None = No
 
 def _field(values: dict[str, bytes | None], name: str) -> bytes:
     raw = values[name]
-    if raw is None or len(raw) > 64 and name != "topic":
+    if raw is None or len(raw) > 64 and name != RETRY_TOPIC:
         raise ValueError(name)
     return raw
 
@@ -113,7 +125,7 @@ def _bounded(values: dict[str, bytes | None], name: str, top: int) -> int:
 
 def original_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """The headers without eventq's retry headers."""
-    return [(name, raw) for name, raw in headers if not name.startswith(PREFIX)]
+    return [(name, raw) for name, raw in headers if not name.startswith(RETRY_PREFIX)]
 
 
 def handoff_headers(
@@ -127,13 +139,13 @@ def handoff_headers(
     message = str(error).encode("utf-8", "replace")[:2000].decode("utf-8", "ignore")
     return [
         *original_headers(headers),
-        (PREFIX + "topic", state.topic.encode()),
-        (PREFIX + "partition", str(state.partition).encode()),
-        (PREFIX + "offset", str(state.offset).encode()),
-        (PREFIX + "timestamp", str(state.timestamp).encode()),
-        (PREFIX + "attempts", str(state.attempts).encode()),
-        (PREFIX + "due", str(state.due_ms).encode()),
-        (PREFIX + "first-failure", state.first_failure.astimezone(UTC).isoformat(timespec="milliseconds").encode()),
-        (PREFIX + "error-type", f"{kind.__module__}.{kind.__qualname__}".encode()),
-        (PREFIX + "error-message", message.encode()),
+        (RETRY_TOPIC, state.topic.encode()),
+        (RETRY_PARTITION, str(state.partition).encode()),
+        (RETRY_OFFSET, str(state.offset).encode()),
+        (RETRY_TIMESTAMP, str(state.timestamp).encode()),
+        (RETRY_ATTEMPTS, str(state.attempts).encode()),
+        (RETRY_DUE, str(state.due_ms).encode()),
+        (RETRY_FIRST_FAILURE, state.first_failure.astimezone(UTC).isoformat(timespec="milliseconds").encode()),
+        (RETRY_ERROR_TYPE, f"{kind.__module__}.{kind.__qualname__}".encode()),
+        (RETRY_ERROR_MESSAGE, message.encode()),
     ]

@@ -32,69 +32,68 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from eventq import kafka as kafka_boundary
+from eventq import wire as w
 from eventq.config import KafkaSettings
-from eventq.consumers.deadletter import PREFIX as EVENTQ_DLT
-from eventq.consumers.deadletter import REPLAY_COUNT, REPLAY_FROM, REPLAY_PREFIX
 from eventq.errors import ConsumerError
-from eventq.kafka import explain, partition_counts
+from eventq.kafka import partition_counts, unreachable_for_reading
 from eventq.kafkarecords import printable
 from eventq.telemetry.logs import bounded
 
-# header name -> Letter field, per dialect
+# header name -> Letter field, per dialect (the names are declared in eventq.wire)
 _SPRING = {
-    "kafka_dlt-original-topic": "source_topic",
-    "kafka_dlt-original-partition": "source_partition",
-    "kafka_dlt-original-offset": "source_offset",
-    "kafka_dlt-original-timestamp": "source_timestamp",
-    "kafka_dlt-original-consumer-group": "group",
-    "kafka_dlt-exception-fqcn": "error_type",
-    "kafka_dlt-exception-cause-fqcn": "cause_type",
-    "kafka_dlt-exception-message": "error_message",
-    "kafka_dlt-exception-stacktrace": "stacktrace",
+    w.SPRING_DLT_ORIGINAL_TOPIC: "source_topic",
+    w.SPRING_DLT_ORIGINAL_PARTITION: "source_partition",
+    w.SPRING_DLT_ORIGINAL_OFFSET: "source_offset",
+    w.SPRING_DLT_ORIGINAL_TIMESTAMP: "source_timestamp",
+    w.SPRING_DLT_ORIGINAL_CONSUMER_GROUP: "group",
+    w.SPRING_DLT_EXCEPTION_FQCN: "error_type",
+    w.SPRING_DLT_EXCEPTION_CAUSE_FQCN: "cause_type",
+    w.SPRING_DLT_EXCEPTION_MESSAGE: "error_message",
+    w.SPRING_DLT_EXCEPTION_STACKTRACE: "stacktrace",
 }
 _SPRING_RETRY = {
-    "kafka_original-topic": "source_topic",
-    "kafka_original-partition": "source_partition",
-    "kafka_original-offset": "source_offset",
-    "kafka_original-timestamp": "source_timestamp",
-    "kafka_original-consumer-group": "group",  # not what Spring writes; read in case another writer does
+    w.SPRING_ORIGINAL_TOPIC: "source_topic",
+    w.SPRING_ORIGINAL_PARTITION: "source_partition",
+    w.SPRING_ORIGINAL_OFFSET: "source_offset",
+    w.SPRING_ORIGINAL_TIMESTAMP: "source_timestamp",
+    w.SPRING_ORIGINAL_CONSUMER_GROUP: "group",  # not what Spring writes; read in case another writer does
     # Spring's KafkaHeaders.ORIGINAL_CONSUMER_GROUP is "kafka_dlt-original-consumer-group" too,
     # so it wins over the name above (a later entry overwrites an earlier one).
-    "kafka_dlt-original-consumer-group": "group",
-    "kafka_exception-fqcn": "error_type",
-    "kafka_exception-cause-fqcn": "cause_type",
-    "kafka_exception-message": "error_message",
-    "kafka_exception-stacktrace": "stacktrace",
-    "retry_topic-attempts": "attempts",
+    w.SPRING_DLT_ORIGINAL_CONSUMER_GROUP: "group",
+    w.SPRING_EXCEPTION_FQCN: "error_type",
+    w.SPRING_EXCEPTION_CAUSE_FQCN: "cause_type",
+    w.SPRING_EXCEPTION_MESSAGE: "error_message",
+    w.SPRING_EXCEPTION_STACKTRACE: "stacktrace",
+    w.SPRING_RETRY_ATTEMPTS: "attempts",
 }
 _KARAFKA = {
-    "source_topic": "source_topic",
-    "source_partition": "source_partition",
-    "source_offset": "source_offset",
-    "source_consumer_group": "group",
-    "source_attempts": "attempts",
+    w.KARAFKA_SOURCE_TOPIC: "source_topic",
+    w.KARAFKA_SOURCE_PARTITION: "source_partition",
+    w.KARAFKA_SOURCE_OFFSET: "source_offset",
+    w.KARAFKA_SOURCE_CONSUMER_GROUP: "group",
+    w.KARAFKA_SOURCE_ATTEMPTS: "attempts",
 }
 _KARAFKA_OLD = {
-    "original_topic": "source_topic",
-    "original_partition": "source_partition",
-    "original_offset": "source_offset",
-    "original_consumer_group": "group",
-    "original_attempts": "attempts",
+    w.KARAFKA_ORIGINAL_TOPIC: "source_topic",
+    w.KARAFKA_ORIGINAL_PARTITION: "source_partition",
+    w.KARAFKA_ORIGINAL_OFFSET: "source_offset",
+    w.KARAFKA_ORIGINAL_CONSUMER_GROUP: "group",
+    w.KARAFKA_ORIGINAL_ATTEMPTS: "attempts",
 }
 _EVENTQ = {
-    EVENTQ_DLT + "topic": "source_topic",
-    EVENTQ_DLT + "partition": "source_partition",
-    EVENTQ_DLT + "offset": "source_offset",
-    EVENTQ_DLT + "timestamp": "source_timestamp",
-    EVENTQ_DLT + "group": "group",
-    EVENTQ_DLT + "handler": "handler",
-    EVENTQ_DLT + "reason": "reason",
-    EVENTQ_DLT + "attempts": "attempts",
-    EVENTQ_DLT + "first-failure": "first_failure",
-    EVENTQ_DLT + "last-failure": "last_failure",
-    EVENTQ_DLT + "error-type": "error_type",
-    EVENTQ_DLT + "error-message": "error_message",
-    EVENTQ_DLT + "stacktrace": "stacktrace",
+    w.DLT_TOPIC: "source_topic",
+    w.DLT_PARTITION: "source_partition",
+    w.DLT_OFFSET: "source_offset",
+    w.DLT_TIMESTAMP: "source_timestamp",
+    w.DLT_GROUP: "group",
+    w.DLT_HANDLER: "handler",
+    w.DLT_REASON: "reason",
+    w.DLT_ATTEMPTS: "attempts",
+    w.DLT_FIRST_FAILURE: "first_failure",
+    w.DLT_LAST_FAILURE: "last_failure",
+    w.DLT_ERROR_TYPE: "error_type",
+    w.DLT_ERROR_MESSAGE: "error_message",
+    w.DLT_STACKTRACE: "stacktrace",
 }
 # Checked in this order; the first whose topic header is present wins.
 DIALECTS: tuple[tuple[str, Mapping[str, str]], ...] = (
@@ -109,12 +108,13 @@ _INTEGER_FIELDS = {"source_partition", "source_offset", "source_timestamp", "att
 # headers than eventq reads, e.g. kafka_dlt-original-timestamp-type).
 _DIALECT_HEADERS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
     "eventq": (frozenset(), ()),
-    "spring": (frozenset(), ("kafka_dlt-",)),
+    "spring": (frozenset(), (w.SPRING_DLT_PREFIX,)),
     "spring-retry": (
-        frozenset({"kafka_dlt-original-consumer-group"}), ("kafka_original-", "kafka_exception-", "retry_topic-")
+        frozenset({w.SPRING_DLT_ORIGINAL_CONSUMER_GROUP}),
+        (w.SPRING_ORIGINAL_PREFIX, w.SPRING_EXCEPTION_PREFIX, w.SPRING_RETRY_TOPIC_PREFIX),
     ),
-    "karafka": (frozenset({*_KARAFKA, "source_trace_id"}), ()),
-    "karafka-legacy": (frozenset({*_KARAFKA_OLD, "original_trace_id"}), ()),
+    "karafka": (frozenset({*_KARAFKA, w.KARAFKA_SOURCE_TRACE_ID}), ()),
+    "karafka-legacy": (frozenset({*_KARAFKA_OLD, w.KARAFKA_ORIGINAL_TRACE_ID}), ()),
 }
 
 
@@ -222,7 +222,7 @@ class Letter:
         """The headers without this letter's dialect's dead-letter headers, nor eventq's
         dead-letter, retry and replay headers (other headers keep their order)."""
         names, prefixes = _DIALECT_HEADERS.get(self.dialect, (frozenset(), ()))
-        prefixes = (*prefixes, EVENTQ_DLT, "eventq-retry-", REPLAY_PREFIX)
+        prefixes = (*prefixes, w.DLT_PREFIX, w.RETRY_PREFIX, w.REPLAY_PREFIX)
         return [(n, v) for n, v in self.headers if n not in names and not n.startswith(prefixes)]
 
     def as_dict(self) -> dict[str, Any]:
@@ -309,8 +309,8 @@ def _parse(record: Any) -> Letter:
                     raw = first[header]
                     fields[attribute] = _integer(raw) if attribute in _INTEGER_FIELDS else _text(raw)
             break
-    replays = tuple(_text(v) or "" for n, v in headers if n == REPLAY_FROM)
-    count = first.get(REPLAY_COUNT)
+    replays = tuple(_text(v) or "" for n, v in headers if n == w.REPLAY_FROM)
+    count = first.get(w.REPLAY_COUNT)
     letter = Letter(
         topic=record.topic,
         partition=record.partition,
@@ -320,9 +320,9 @@ def _parse(record: Any) -> Letter:
         value=record.value,
         headers=headers,
         dialect=dialect,
-        event_id=_text(first.get("ce_id")),
-        event_type=_text(first.get("ce_type")),
-        correlation_id=_text(first.get("ce_correlationid")),
+        event_id=_text(first.get(w.H_ID)),
+        event_type=_text(first.get(w.H_TYPE)),
+        correlation_id=_text(first.get(w.H_CORRELATION)),
         replay_count=(_integer(count) or 0) if count is not None else 0,
         replays=replays,
         **fields,
@@ -373,29 +373,9 @@ async def partitions_of(kafka: KafkaSettings, topic: str) -> list[TopicPartition
     return [TopicPartition(topic, p) for p in range(count)]
 
 
-def _unreachable(kafka: KafkaSettings, exc: BaseException) -> ConsumerError:
-    reason = explain(exc, kafka, operation="Read")
-    if reason is not None:  # authentication, TLS or a missing ACL: retrying cannot help
-        return ConsumerError(reason)
-    return ConsumerError(
-        f"cannot reach a Kafka broker at {kafka.bootstrap_servers} ({type(exc).__name__}); start it "
-        "(eventq dev up) or fix EVENTQ_BOOTSTRAP_SERVERS", retriable=True,
-    )
-
-
-@contextlib.asynccontextmanager
-async def admin_client(kafka: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
-    """A started admin client; ConsumerError (retriable) if no broker answers."""
-    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
-    try:
-        await admin.start()
-    except Exception as exc:
-        await admin.close()
-        raise _unreachable(kafka, exc) from exc
-    try:
-        yield admin
-    finally:
-        await admin.close()
+def admin_client(kafka: KafkaSettings) -> contextlib.AbstractAsyncContextManager[AIOKafkaAdminClient]:
+    """A started admin client (:func:`eventq.kafka.admin`); ConsumerError (retriable) if no broker answers."""
+    return kafka_boundary.admin(kafka, unreachable=lambda exc: unreachable_for_reading(kafka, exc))
 
 
 async def scan(
@@ -413,7 +393,7 @@ async def scan(
         await consumer.start()
     except Exception as exc:
         await consumer.stop()
-        raise _unreachable(kafka, exc) from exc
+        raise unreachable_for_reading(kafka, exc) from exc
     try:
         tps = await partitions_of(kafka, topic)
         ends = await consumer.end_offsets(tps)

@@ -63,13 +63,13 @@ from aiokafka.structs import OffsetAndMetadata
 from opentelemetry.trace import Span
 
 from eventq.config import KafkaSettings
-from eventq.consumers.deadletter import REPLAY_AT, REPLAY_COUNT, REPLAY_FROM, REPLAY_RUN, TRACEPARENT
 from eventq.dlq.letters import UNREADABLE, Letter, admin_client, clip, scan
 from eventq.errors import ConfigError, ConsumerError, EventqError
 from eventq.kafka import explain, translate
 from eventq.kafkarecords import printable
 from eventq.telemetry import Telemetry
 from eventq.telemetry import tracing as tr
+from eventq.wire import DLT_TRACEPARENT, H_TRACEPARENT, H_TRACESTATE, REPLAY_AT, REPLAY_COUNT, REPLAY_FROM, REPLAY_RUN
 
 log = structlog.get_logger("eventq.dlq")
 
@@ -424,15 +424,15 @@ def _replay_span(
     if run_span is None:
         return None
     found = dict(letter.headers)
-    raw = found.get(TRACEPARENT) or found.get("traceparent")
-    tracestate = found.get("tracestate")
+    raw = found.get(DLT_TRACEPARENT) or found.get(H_TRACEPARENT)
+    tracestate = found.get(H_TRACESTATE)
     parent = tr.context_from_traceparent(
         raw.decode("ascii", "replace") if raw else None, tracestate.decode("ascii", "replace") if tracestate else None
     )
     span = tracing.replay_send(target, parent, run_span.get_span_context(), {
         tr.MESSAGE_ID: clip(letter.event_id) or "", tr.REPLAY_POSITION: letter.position,
     })
-    headers[:] = [(n, v) for n, v in headers if n not in ("traceparent", "tracestate")] + tr.trace_headers(span)
+    headers[:] = [(n, v) for n, v in headers if n not in (H_TRACEPARENT, H_TRACESTATE)] + tr.trace_headers(span)
     return span
 
 

@@ -149,14 +149,21 @@ class Producer:
     active span context is propagated.
     """
 
-    def __init__(self, settings: ProducerSettings | None = None, *, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        settings: ProducerSettings | None = None,
+        *,
+        telemetry: Telemetry | None = None,
+        registry: SchemaRegistry | None = None,
+    ) -> None:
         self.settings = settings if settings is not None else ProducerSettings.from_env()
         telemetry = telemetry or Telemetry()
         self._tracing = tr.Tracing(telemetry.tracer_provider)
         self._metrics = ProducerMetrics(telemetry.meter_provider)
         # Loaded here, not in start(): a bad schema source fails at construction, and
-        # callers (the CLI) can validate an event before any connection is made.
-        self.registry = SchemaRegistry.load(self.settings.schemas)
+        # callers (the CLI) can validate an event before any connection is made. A caller
+        # that already loaded them (the consumer daemon) passes its registry instead.
+        self.registry = registry if registry is not None else SchemaRegistry.load(self.settings.schemas)
         self._aio: AIOKafkaProducer | None = None
         self._known_topics: set[str] = set()
         self._acks = AckDeadlines(self.settings.delivery_timeout_s)

@@ -1,6 +1,7 @@
 """The event envelope: CloudEvents 1.0 over the Kafka protocol binding.
 
-eventq writes **binary content mode**, one event per record:
+eventq writes **binary content mode**, one event per record (header names are declared
+in :mod:`eventq.wire`):
 
 =====================  =======================================================
 record key             the partition key (UTF-8), or none
@@ -69,23 +70,24 @@ import uuid_utils
 
 from eventq.errors import EventTooLarge, InvalidEvent
 from eventq.schemas.correlation import current_cause
+from eventq.wire import (
+    H_CAUSATION,
+    H_CONTENT_TYPE,
+    H_CORRELATION,
+    H_ID,
+    H_SOURCE,
+    H_SPECVERSION,
+    H_SUBJECT,
+    H_TIME,
+    H_TRACEPARENT,
+    H_TRACESTATE,
+    H_TYPE,
+)
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 DEFAULT_MAX_EVENT_BYTES = 1_000_000
-
-H_SPECVERSION = "ce_specversion"
-H_ID = "ce_id"
-H_SOURCE = "ce_source"
-H_TYPE = "ce_type"
-H_TIME = "ce_time"
-H_SUBJECT = "ce_subject"
-H_CORRELATION = "ce_correlationid"
-H_CAUSATION = "ce_causationid"
-H_CONTENT_TYPE = "content-type"
-H_TRACEPARENT = "traceparent"
-H_TRACESTATE = "tracestate"
 
 _SPECVERSION_BYTES = SPEC_VERSION.encode()
 _CONTENT_TYPE_BYTES = CONTENT_TYPE.encode()

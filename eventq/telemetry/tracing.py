@@ -38,6 +38,7 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from eventq.version import __version__
+from eventq.wire import H_TRACEPARENT, H_TRACESTATE
 
 if TYPE_CHECKING:
     from eventq.schemas.envelope import Event
@@ -94,9 +95,9 @@ def context_from_traceparent(traceparent: str | None, tracestate: str | None = N
             trace_flags=TraceFlags(int(traceparent[53:55], 16)),
         )
         return trace.set_span_in_context(trace.NonRecordingSpan(parsed), _EMPTY) if parsed.is_valid else None
-    carrier = {"traceparent": traceparent}
+    carrier = {H_TRACEPARENT: traceparent}
     if tracestate:
-        carrier["tracestate"] = tracestate
+        carrier[H_TRACESTATE] = tracestate
     ctx = _W3C.extract(carrier)
     return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
 
@@ -118,7 +119,7 @@ def trace_headers(span: Span | None = None) -> list[tuple[str, bytes]]:
 def traceparent_of(span: Span) -> str | None:
     """``span``'s context as a W3C ``traceparent`` value (None if it has no valid context)."""
     for name, value in trace_headers(span):
-        if name == "traceparent":
+        if name == H_TRACEPARENT:
             return value.decode()
     return None
 

@@ -11,7 +11,7 @@ import asyncpg
 
 from eventq.config import KafkaSettings
 from eventq.dlq.letters import Letter, scan
-from eventq.schemas.envelope import H_ID
+from eventq.wire import H_ID
 from tests.conftest import read_to_end
 from tests.faults.stack import Death
 from tests.faults.workload import Workload

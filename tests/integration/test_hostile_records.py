@@ -20,10 +20,10 @@ from aiokafka import AIOKafkaProducer
 
 from eventq.config import KafkaSettings
 from eventq.consumers import App, Consumer, ConsumerSettings, Context
-from eventq.consumers.deadletter import OMITTED
 from eventq.kafka import create_topics
 from eventq.schemas import Event
 from eventq.schemas.envelope import encode
+from eventq.wire import DLT_OMITTED as OMITTED
 from tests.conftest import end_offsets, read_to_end
 from tests.integration.consumer_kit import committed, consumer_settings, order
 from tests.rawrecords import produce_raw_record
