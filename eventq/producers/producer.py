@@ -72,18 +72,21 @@ Outcome = Published | Failed
 class PublishReport:
     """One outcome per event given to ``publish_many``, in the order given.
 
-    Kept compactly (partitions and offsets in arrays, failures in a dict) and turned
+    Kept compactly (one entry per acknowledged batch, failures in a dict) and turned
     into :class:`Published`/:class:`Failed` objects only when read, so checking
     ``ok`` on a large report costs nothing per event.
     """
 
-    __slots__ = ("topic", "_ids", "_partitions", "_offsets", "_errors")
+    __slots__ = ("topic", "_ids", "_batches", "_answered", "_partitions", "_offsets", "_errors")
 
     def __init__(self, topic: str, event_ids: list[str]) -> None:
         self.topic = topic
         self._ids = event_ids
-        self._partitions = array("i", [0]) * len(event_ids)
-        self._offsets = array("q", [-1]) * len(event_ids)  # -1: no answer yet
+        # acknowledged batches (indexes, partition, base offset), spread per event on first read
+        self._batches: list[tuple[list[int], int, int]] = []
+        self._answered = 0
+        self._partitions: array[int] | None = None
+        self._offsets: array[int] | None = None
         self._errors: dict[int, EventqError] = {}
 
     def __len__(self) -> int:
@@ -92,11 +95,17 @@ class PublishReport:
     @property
     def outcomes(self) -> tuple[Outcome, ...]:
         """Published or Failed for each event, in input order."""
-        return tuple(self._outcome(i) for i in range(len(self._ids)))
+        partitions, offsets = self._spread()
+        topic, ids, errors = self.topic, self._ids, self._errors
+        return tuple(
+            Published(ids[i], topic, partitions[i], offsets[i]) if i not in errors else Failed(ids[i], topic, errors[i])
+            for i in range(len(ids))
+        )
 
     @property
     def published(self) -> list[Published]:
-        topic, ids, partitions, offsets = self.topic, self._ids, self._partitions, self._offsets
+        partitions, offsets = self._spread()
+        topic, ids = self.topic, self._ids
         return [Published(ids[i], topic, partitions[i], offsets[i]) for i in range(len(ids)) if i not in self._errors]
 
     @property
@@ -116,23 +125,37 @@ class PublishReport:
             raise error
 
     def _acknowledged(self, indexes: list[int], partition: int, base_offset: int) -> None:
-        partitions, offsets = self._partitions, self._offsets
-        for position, i in enumerate(indexes):
-            partitions[i] = partition
-            offsets[i] = base_offset + position
+        # Each index is answered exactly once (acknowledged or failed): the sender
+        # gives every event to one batch, and a batch is answered once.
+        self._batches.append((indexes, partition, base_offset))
+        self._answered += len(indexes)
 
     def _fail(self, indexes: Iterable[int], error: EventqError) -> None:
         for i in indexes:
             self._errors[i] = error
 
     def _unresolved(self) -> int:
-        return sum(1 for i, offset in enumerate(self._offsets) if offset < 0 and i not in self._errors)
+        return len(self._ids) - self._answered - len(self._errors)
+
+    def _spread(self) -> tuple[array[int], array[int]]:
+        """Per-event partitions and offsets (offset -1: no answer), filled from the batches on first use."""
+        partitions, offsets = self._partitions, self._offsets
+        if partitions is None or offsets is None:
+            partitions = self._partitions = array("i", [0]) * len(self._ids)
+            offsets = self._offsets = array("q", [-1]) * len(self._ids)
+        for indexes, partition, base_offset in self._batches:
+            for position, i in enumerate(indexes):
+                partitions[i] = partition
+                offsets[i] = base_offset + position
+        self._batches = []
+        return partitions, offsets
 
     def _outcome(self, i: int) -> Outcome:
         error = self._errors.get(i)
         if error is not None:
             return Failed(self._ids[i], self.topic, error)
-        return Published(self._ids[i], self.topic, self._partitions[i], self._offsets[i])
+        partitions, offsets = self._spread()
+        return Published(self._ids[i], self.topic, partitions[i], offsets[i])
 
 
 class Producer:
@@ -291,23 +314,32 @@ class Producer:
         """Validate and encode every event; with ``created`` (tracing on) each under its own ``create`` span."""
         validate = self.registry.validate
         max_bytes = self.settings.max_event_bytes
-        shared = tr.trace_headers() if created is None else []
         records: list[RecordParts] = []
+        if created is None:  # the lean loop: no span per event
+            shared = tr.trace_headers()
+            append = records.append
+            try:
+                for event in items:
+                    validate(event.type, event.data)
+                    append(encode_parts(event, max_event_bytes=max_bytes, trace_headers=shared))
+            except EventError as exc:
+                index = len(records)
+                event = items[index]
+                exc.add_note(f"publish_many: events[{index}] (type {event.type!r}, id {event.id}); nothing was sent")
+                raise
+            return records
         for index, event in enumerate(items):
-            span = self._tracing.create(topic, event) if created is not None else None
+            span = self._tracing.create(topic, event)
             try:
                 validate(event.type, event.data)
-                headers = tr.trace_headers(span) if span is not None else shared
-                records.append(encode_parts(event, max_event_bytes=max_bytes, trace_headers=headers))
+                records.append(encode_parts(event, max_event_bytes=max_bytes, trace_headers=tr.trace_headers(span)))
             except EventError as exc:
                 exc.add_note(f"publish_many: events[{index}] (type {event.type!r}, id {event.id}); nothing was sent")
-                if span is not None:
-                    tr.fail(span, exc)
+                tr.fail(span, exc)
                 raise
             finally:
-                if span is not None and created is not None:
-                    span.end()
-                    created.append(span)
+                span.end()
+                created.append(span)
         return records
 
     def _start_flushes(self) -> None:
@@ -413,17 +445,18 @@ class Producer:
         available = list(cluster.available_partitions_for_topic(topic)) or partitions
         sticky = random.choice(available)
         count = len(partitions)
-        by_key: dict[bytes, int] = {}
+        by_key: dict[bytes | None, list[int]] = {}  # each key's partition group (None: keyless)
         groups: dict[int, list[int]] = {}
         for index, record in enumerate(records):
             key = record[0]
-            if key is None:
-                partition = sticky
-            else:
-                partition = by_key.get(key, -1)
-                if partition < 0:
-                    partition = by_key[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % count]
-            groups.setdefault(partition, []).append(index)
+            members = by_key.get(key)
+            if members is None:
+                partition = sticky if key is None else partitions[(murmur2(key) & 0x7FFFFFFF) % count]
+                members = groups.get(partition)
+                if members is None:
+                    members = groups[partition] = []
+                by_key[key] = members
+            members.append(index)
         return groups
 
     async def _send_partition(
@@ -457,7 +490,6 @@ class Producer:
                 submitted.append((await self._submit(aio, batch, topic, partition), members))
             except EventqError as exc:
                 failure = exc
-        done: set[int] = set()
         for future, batch_members in submitted:
             try:
                 metadata = await self._acks.wait(future, deadline)
@@ -465,8 +497,8 @@ class Producer:
                 report._fail(batch_members, translate(exc, topic=topic, settings=self.settings.kafka))
             else:
                 report._acknowledged(batch_members, partition, metadata.offset)
-            done.update(batch_members)
-        if failure is not None:
+        if failure is not None:  # the events of no submitted batch failed for this reason
+            done = {i for _, batch_members in submitted for i in batch_members}
             report._fail((i for i in indexes if i not in done), failure)
 
     async def _submit(self, aio: AIOKafkaProducer, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
