@@ -25,6 +25,14 @@ RSS is its own:
   consumer records the sampled journeys whole and the others not at all, which is how
   a busy service would run.
 
+- **faststream**: a FastStream batch subscriber (``max_records=500``,
+  ``AckPolicy.ACK``, pydantic bodies) with a hand-written dedupe, one SELECT and one
+  INSERT per batch into a table of its own; what it does and does not do next to
+  eventq is in benchmarks/faststream_peer.py.
+- **eventq CLI** and **eventq --workers 2** (``cli-1``, ``cli-2``): the eventq scenario
+  through ``eventq consume --until-idle --workers N`` (benchmarks/workers.py); peak RSS
+  is the largest daemon process's. Goal (issue 14): at most 120 MB per daemon process.
+
 The topic is filled with tracing on, so every record carries the ``traceparent`` of
 its ``create`` span, as it would from a traced publisher.
 
@@ -38,7 +46,7 @@ round after round, and the median of ``--repeat`` rounds is reported. The databa
 is a fresh one on the dev server (dropped at the end), or EVENTQ_DATABASE_URL if set
 (only this run's rows are deleted from it).
 
-    python benchmarks/consumer.py [--events 100000] [--repeat 3]
+    python benchmarks/consumer.py [--events 100000] [--repeat 3] [--scenarios raw,eventq,faststream,...]
 """
 
 from __future__ import annotations
@@ -87,7 +95,12 @@ SCENARIOS = {
     "raw": "raw aiokafka", "naive": "naive consumer", "eventq": "eventq", "eventq-key": "eventq ordering=key",
     "eventq-traced": "eventq tracing on",
     "eventq-traced-10": "eventq traced 10%",
+    "faststream": "FastStream batch",
+    "cli-1": "eventq consume",
+    "cli-2": "eventq --workers 2",
 }
+CHILDLESS = ("cli-1", "cli-2")  # run as the CLI's own processes (benchmarks/workers.py), not as a child of this file
+GOAL_RSS_MIB = 120 * 1000**2 / 1024**2  # issue 14: 120 MB per daemon process
 GOAL_TRACED_RATIO = 0.7
 GOAL_RATE = 50_000
 GOAL_RATIO = 0.4
@@ -211,16 +224,23 @@ def traced_provider(ratio: float | None = None) -> TracerProvider:
     return provider
 
 
+async def run_faststream(args: argparse.Namespace, group: str, clock: Clock) -> int:
+    import faststream_peer  # only this scenario needs FastStream (the bench extra)
+
+    return await faststream_peer.run_faststream(args, group, clock)
+
+
 async def child(args: argparse.Namespace) -> int:
     group = f"{args.topic}-{args.scenario}-{uuid.uuid4().hex[:6]}"
-    run = {"raw": run_raw, "naive": run_naive}.get(args.scenario, run_eventq)
+    run = {"raw": run_raw, "naive": run_naive, "faststream": run_faststream}.get(args.scenario, run_eventq)
     clock = Clock()
     n = await run(args, group, clock)
     ended = time.perf_counter()
     rows = None
     if args.scenario != "raw":
         conn = await asyncpg.connect(args.database_url)
-        rows = await conn.fetchval("SELECT count(*) FROM processed_events WHERE consumer_group = $1", group)
+        table = "faststream_processed_events" if args.scenario == "faststream" else "processed_events"
+        rows = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE consumer_group = $1", group)
         await conn.close()
     result = {
         "events": n,
@@ -281,6 +301,10 @@ async def sql(url: str, statement: str | None, *params: object) -> None:
 
 
 def run_scenario(args: argparse.Namespace, scenario: str, topic: str, database_url: str) -> dict[str, Any]:
+    if scenario in CHILDLESS:
+        import workers
+
+        return workers.run_cli(args, scenario, topic, database_url)
     events = min(args.events, NAIVE_MAX) if scenario == "naive" else args.events
     command = [
         sys.executable, __file__, "--scenario", scenario, "--topic", topic, "--events", str(events),
@@ -306,16 +330,33 @@ def report(results: dict[str, list[dict[str, Any]]]) -> int:
         walls, steadies = (", ".join(f"{r[k]:,.0f}" for r in rs) for k in ("wall", "steady"))
         print(f"  {'':<22} rounds wall: {walls}; steady: {steadies}")
     print("ratios (wall / steady):")
-    for scenario, bases in (("eventq", ("raw", "naive")), ("eventq-key", ("raw", "naive")),
-                            ("eventq-traced", ("raw", "eventq")), ("eventq-traced-10", ("raw", "eventq"))):
+    for scenario, bases in (("eventq", ("raw", "naive", "faststream")), ("eventq-key", ("raw", "naive")),
+                            ("eventq-traced", ("raw", "eventq")), ("eventq-traced-10", ("raw", "eventq")),
+                            ("faststream", ("raw",)), ("cli-1", ("eventq",)), ("cli-2", ("cli-1", "raw"))):
         for base in bases:
+            if scenario not in median or base not in median:  # not selected with --scenarios
+                continue
             w, s = (median[scenario][k] / median[base][k] for k in ("wall", "steady"))
             print(f"  {SCENARIOS[scenario]:<20} / {SCENARIOS[base]:<15} {w:>6.2f}x / {s:>6.2f}x")
-    traced = median["eventq-traced"]["steady"] / median["eventq"]["steady"]
-    print(f"goal (issue 5): tracing on >= {GOAL_TRACED_RATIO}x tracing off (steady): {traced:.2f}x, "
-          f"{'met' if traced >= GOAL_TRACED_RATIO else 'not met'}")
-    print(f"goals (issue): >= {GOAL_RATE:,} events/s with {PARTITIONS} partitions, >= {GOAL_RATIO}x the raw loop")
+    if "eventq-traced" in median and "eventq" in median:
+        traced = median["eventq-traced"]["steady"] / median["eventq"]["steady"]
+        print(f"goal (issue 5): tracing on >= {GOAL_TRACED_RATIO}x tracing off (steady): {traced:.2f}x, "
+              f"{'met' if traced >= GOAL_TRACED_RATIO else 'not met'}")
+    daemons = [s for s in ("eventq", "eventq-key", "cli-1", "cli-2") if s in results]
+    if daemons:
+        print(f"goal (issue 14): peak RSS <= {GOAL_RSS_MIB:.0f} MiB (120 MB) per daemon process under load")
+        for scenario in daemons:
+            peak = max(r["rss_mib"] for r in results[scenario])
+            per = "; per daemon: " + ", ".join(" + ".join(f"{m:.0f}" for m in r["daemons_mib"]) for r in
+                                                results[scenario]) if "daemons_mib" in results[scenario][0] else ""
+            sup = [r["supervisor_mib"] for r in results[scenario] if r.get("supervisor_mib")]
+            print(f"  {SCENARIOS[scenario]:<20} {peak:>5.0f} MiB: {'met' if peak <= GOAL_RSS_MIB else 'not met'}"
+                  f"{per}{f'; supervisor {max(sup):.0f} MiB' if sup else ''}")
+    if "raw" in median:
+        print(f"goals (issue): >= {GOAL_RATE:,} events/s with {PARTITIONS} partitions, >= {GOAL_RATIO}x the raw loop")
     for scenario in ("eventq", "eventq-key"):
+        if scenario not in median or "raw" not in median:
+            continue
         for kind in ("wall", "steady"):
             rate, ratio = median[scenario][kind], median[scenario][kind] / median["raw"][kind]
             print(f"  {SCENARIOS[scenario]:<20} {kind:<6} {rate:>8,.0f} events/s: "
@@ -328,6 +369,11 @@ def report(results: dict[str, list[dict[str, Any]]]) -> int:
 
 
 def parent(args: argparse.Namespace) -> int:
+    selected = [s for s in SCENARIOS if not args.scenarios or s in args.scenarios.split(",")]
+    unknown = set(args.scenarios.split(",") if args.scenarios else ()) - set(SCENARIOS)
+    if unknown:
+        print(f"unknown scenarios {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
     kafka = KafkaSettings(bootstrap_servers=args.bootstrap_servers, client_id="eventq-bench")
     topic = f"bench.consumer.{uuid.uuid4().hex[:10]}"
     given_url = os.environ.get("EVENTQ_DATABASE_URL")
@@ -336,13 +382,14 @@ def parent(args: argparse.Namespace) -> int:
     try:
         asyncio.run(sql(database_url, None))
         asyncio.run(fill_topic(kafka, topic, args.events))
-        asyncio.run(fill_topic(kafka, f"{topic}.sampled10", args.events, sampled=0.1))
+        if "eventq-traced-10" in selected:
+            asyncio.run(fill_topic(kafka, f"{topic}.sampled10", args.events, sampled=0.1))
         print(f"consumer benchmark: {args.events:,} events on {PARTITIONS} partitions "
               f"(naive: first {min(args.events, NAIVE_MAX):,}), median of {args.repeat}", flush=True)
         run_scenario(args, "raw", topic, database_url)  # warm-up, unmeasured
-        results: dict[str, list[dict[str, Any]]] = {s: [] for s in SCENARIOS}
+        results: dict[str, list[dict[str, Any]]] = {s: [] for s in selected}
         for _ in range(args.repeat):
-            for scenario in SCENARIOS:
+            for scenario in selected:
                 source = f"{topic}.sampled10" if scenario == "eventq-traced-10" else topic
                 results[scenario].append(run_scenario(args, scenario, source, database_url))
         return report(results)
@@ -350,6 +397,10 @@ def parent(args: argparse.Namespace) -> int:
         asyncio.run(delete_topics(kafka, [topic, f"{topic}.dlt", f"{topic}.sampled10", f"{topic}.sampled10.dlt"]))
         if name is None:  # a given database: remove only this run's rows
             asyncio.run(sql(database_url, "DELETE FROM processed_events WHERE consumer_group LIKE $1", f"{topic}-%"))
+            if "faststream" in selected:
+                import faststream_peer
+
+                asyncio.run(faststream_peer.delete_rows(database_url, f"{topic}-%"))
         else:
             asyncio.run(sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
@@ -359,10 +410,12 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeat", "--repeats", type=int, default=3)
     parser.add_argument("--bootstrap-servers", default=os.environ.get("EVENTQ_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    parser.add_argument("--scenarios", default="",
+                        help=f"comma-separated, run in this file's order (default: all): {', '.join(SCENARIOS)}")
     parser.add_argument("--scenario", choices=list(SCENARIOS), help=argparse.SUPPRESS)  # child process only
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_known_args()[0]  # (run.py passes every benchmark the same arguments)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     logging.basicConfig(level=logging.ERROR)  # aiokafka's chatter while groups join and topics elect leaders
     if args.scenario:
