@@ -31,18 +31,20 @@ from eventq.clikit import (
     kafka_options,
     kafka_settings,
     one_line,
+    option,
     origin,
     run,
     settings,
     telemetry_from_env,
 )
 from eventq.consumers import store
-from eventq.consumers.settings import ConsumerSettings
+from eventq.consumers.settings import CONSUMER, ConsumerSettings
 from eventq.database import connect
 from eventq.dlq.commands import dlq
 from eventq.errors import EventqError
 from eventq.kafka import create_topics
 from eventq.producers import Producer, ProducerSettings
+from eventq.producers.settings import PRODUCER
 from eventq.schemas import Event
 from eventq.telemetry.logs import configure_logging
 
@@ -116,7 +118,7 @@ main.add_command(dlq)
 
 @main.command()
 @kafka_options
-@click.option("--topic", "-t", default=None, help="Topic to publish to (default: EVENTQ_TOPIC).")
+@option(PRODUCER, "default_topic", "--topic", "-t", "topic")
 @click.option("--type", "event_type", required=True, help="Event type, e.g. order.created.v1.")
 @click.option("--key", "-k", default=None, help="Partition key (events with one key stay in order).")
 @click.option("--data", "-d", default="{}", show_default=True, help="Payload as JSON.")
@@ -124,8 +126,7 @@ main.add_command(dlq)
 @click.option("--subject", default=None, help="CloudEvents subject.")
 @click.option("--correlation-id", default=None, help="Correlation id (default: the event's id).")
 @click.option("--causation-id", default=None, help="Id of the event that caused this one.")
-@click.option("--schemas", "schemas", multiple=True,
-              help="Directory or package of <type>.json schemas (repeatable; default: EVENTQ_SCHEMAS).")
+@option(PRODUCER, "schemas")
 def publish(
     bootstrap_servers: str | None,
     topic: str | None,
@@ -298,24 +299,15 @@ def load_app(ctx: click.Context, param: click.Parameter, value: str) -> Any:
 @click.argument("app", metavar="MODULE:APP", callback=load_app)
 @kafka_options
 @database_options
-@click.option("--group", default=None, help="Consumer group (default: EVENTQ_GROUP, else the App's name).")
-@click.option("--topic", "topics", multiple=True,
-              help="Topic to consume (repeatable; default: EVENTQ_TOPICS, else the App's topics).")
+@option(CONSUMER, "group_id", "--group", "group")
+@option(CONSUMER, "topics", "--topic", "topics")
 @click.option("--until-idle", is_flag=True, help="Exit 0 once every assigned partition is processed to its end.")
-@click.option("--ordering", type=click.Choice(["partition", "key"]), default=None,
-              help="partition: one event at a time per partition; key: keys of a partition concurrently "
-                   "(default: EVENTQ_ORDERING, else partition).")
-@click.option("--max-batch-size", type=click.IntRange(min=1), default=None,
-              help="Records per poll (default: EVENTQ_MAX_BATCH_SIZE, else 500).")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=None,
-              help="Handler attempts before dead-lettering (default: EVENTQ_MAX_ATTEMPTS, else 5).")
-@click.option("--health-port", type=click.IntRange(0, 65535), default=None,
-              help="Serve /livez, /readyz and /metrics (Prometheus) on this port (0: any free port; "
-                   "default: EVENTQ_HEALTH_PORT, else off).")
+@option(CONSUMER, "ordering")
+@option(CONSUMER, "max_batch_size")
+@option(CONSUMER, "max_attempts")
+@option(CONSUMER, "health_port")
 @click.option("--migrate", is_flag=True, help="Apply database migrations before starting.")
-@click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Member processes of the group, supervised and restarted (default: EVENTQ_WORKERS, else 1: "
-                   "this process is the daemon).")
+@option(CONSUMER, "workers")
 def consume(
     app: Any,
     bootstrap_servers: str | None,

@@ -9,7 +9,8 @@ click's usage errors exit 2; Ctrl-C exits 130 quietly. ``--traceback`` (or
 
 Settings come from one path: :func:`settings` calls the class's ``from_env`` with the
 options the user gave as overrides, so a command and the daemon read every variable
-with the same checks (docs/adr/0013-settings-and-secrets.md).
+with the same checks (docs/adr/0013-settings-and-secrets.md); an option that overrides a
+setting is built from that setting's record by :func:`option`.
 """
 
 from __future__ import annotations
@@ -18,21 +19,23 @@ import asyncio
 import os
 import sysconfig
 import traceback
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import click
 
-from eventq.config import KafkaSettings
-from eventq.database import DatabaseSettings
+from eventq.config import KAFKA, KafkaSettings
+from eventq.database import DATABASE, DatabaseSettings
 from eventq.errors import EventqError
 from eventq.redact import redact
+from eventq.settings_table import Setting, Table
 from eventq.telemetry.setup import TelemetrySettings, configure
 
 T = TypeVar("T")
 S = TypeVar("S", covariant=True)
+F = TypeVar("F", bound=Callable[..., Any])
 
 TRACEBACK_HINT = "run with --traceback for the full traceback"
 _TRUE = ("1", "true", "yes", "on")
@@ -175,19 +178,46 @@ def telemetry_from_env(service_name: str, *, prometheus: bool = False, trace_fil
         shutdown()
 
 
-def kafka_options(func: Any) -> Any:
-    """Options shared by commands that talk to Kafka; unset, EVENTQ_BOOTSTRAP_SERVERS applies."""
+def option(table: Table[Any], field: str, *decls: str) -> Callable[[F], F]:
+    """A click option that overrides ``field`` of ``table``'s class, built from its record.
+
+    ``decls`` are click's (flags, then the parameter name; by default ``--field-name`` and
+    ``field``). The type and range are the record's, and the help names the variable that
+    applies when the option is not given: the option itself reads no variable (its value,
+    or None, goes to :func:`settings`), so option and variable get the same checks.
+    """
+    setting = table[field]
+    flags = [d for d in decls if d.startswith("-")] or ["--" + field.replace("_", "-")]
+    name = next((d for d in decls if not d.startswith("-")), field)
+    default = table.default_text(setting)
+    help_text = (
+        setting.help[:1].upper() + setting.help[1:]
+        + (" (repeatable; " if setting.kind == "csv" else " (")
+        + f"default: {setting.variable}" + (f", else {default}" if default is not None else "") + ")."
+    )
     return click.option(
-        "--bootstrap-servers",
-        default=None,
-        help="Kafka brokers, host:port[,host:port] (default: EVENTQ_BOOTSTRAP_SERVERS, else 127.0.0.1:9092).",
-    )(func)
+        *flags, name, type=_click_type(setting), default=None, multiple=setting.kind == "csv", help=help_text
+    )
 
 
-def database_options(func: Any) -> Any:
-    """The ``--database-url`` option; unset, EVENTQ_DATABASE_URL applies."""
-    return click.option(
-        "--database-url", default=None,
-        help="PostgreSQL URL (default: EVENTQ_DATABASE_URL, else the dev stack's).",
-    )(func)
+def _click_type(setting: Setting) -> click.ParamType[Any]:
+    if setting.kind == "int":
+        top = int(setting.highest) if setting.maximum is not None else None
+        return click.IntRange(int(setting.lowest), top)
+    if setting.kind in ("float", "seconds"):
+        return click.FloatRange(setting.lowest, setting.highest)
+    if setting.kind == "choice":
+        return click.Choice(setting.choices, case_sensitive=False)
+    if setting.kind == "bool":
+        return click.BOOL
+    return click.STRING
 
+
+def kafka_options(func: F) -> F:
+    """Options shared by commands that talk to Kafka: ``--bootstrap-servers`` (unset, its variable applies)."""
+    return option(KAFKA, "bootstrap_servers")(func)
+
+
+def database_options(func: F) -> F:
+    """The ``--database-url`` option (unset, its variable applies)."""
+    return option(DATABASE, "url", "--database-url", "database_url")(func)

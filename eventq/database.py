@@ -6,7 +6,6 @@ are translated into :class:`~eventq.errors.DatabaseUnavailable` with what to do.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,9 +13,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
-from eventq.config import MAX_SECONDS, check_seconds, env_float, env_str, read_env
 from eventq.errors import ConfigError, DatabaseUnavailable
 from eventq.redact import redact
+from eventq.settings_table import Setting, table
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54320/eventq"  # the dev stack's
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # libpq's
@@ -47,7 +46,9 @@ class DatabaseSettings:
     connect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        fix = "set EVENTQ_DATABASE_URL to postgresql://user[:password]@host:port/database"
+        DATABASE.check(self)
+        var = DATABASE.variable("url")
+        fix = f"set {var} to postgresql://user[:password]@host:port/database"
         try:
             parts = urlsplit(self.url)
         except ValueError as exc:  # e.g. an unclosed [IPv6 bracket
@@ -57,18 +58,13 @@ class DatabaseSettings:
         for port in _ports(parts.netloc):
             if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
                 raise ConfigError(
-                    f"database URL {self.safe_url!r} has port {port!r}; a port is a number from 1 to 65535 "
-                    "(EVENTQ_DATABASE_URL)"
+                    f"database URL {self.safe_url!r} has port {port!r}; a port is a number from 1 to 65535 ({var})"
                 )
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name.lower() == "sslmode" and value not in SSLMODES:
                 raise ConfigError(
-                    f"database URL {self.safe_url!r} has sslmode={value!r}; use one of {', '.join(SSLMODES)} "
-                    "(EVENTQ_DATABASE_URL)"
+                    f"database URL {self.safe_url!r} has sslmode={value!r}; use one of {', '.join(SSLMODES)} ({var})"
                 )
-        check_seconds(self.connect_timeout_s, "connect_timeout_s", "EVENTQ_DB_CONNECT_TIMEOUT_S")
-        if self.connect_timeout_s <= 0:
-            raise ConfigError("connect_timeout_s must be positive (EVENTQ_DB_CONNECT_TIMEOUT_S)")
 
     @property
     def safe_url(self) -> str:
@@ -77,14 +73,17 @@ class DatabaseSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> DatabaseSettings:
-        """Read ``EVENTQ_DATABASE_URL`` and ``EVENTQ_DB_CONNECT_TIMEOUT_S``; ``overrides`` win."""
-        e = os.environ if env is None else env
-        return read_env(cls, {
-            "url": lambda: env_str(e, "EVENTQ_DATABASE_URL", DEFAULT_DATABASE_URL) or DEFAULT_DATABASE_URL,
-            "connect_timeout_s": lambda: env_float(
-                e, "EVENTQ_DB_CONNECT_TIMEOUT_S", 5.0, minimum=0.001, maximum=MAX_SECONDS
-            ),
-        }, overrides)
+        """Read the variables of :data:`DATABASE` (README, Configuration); ``overrides`` win and are not read."""
+        return DATABASE.read(env, overrides)
+
+
+DATABASE = table(
+    DatabaseSettings,
+    Setting("url", "EVENTQ_DATABASE_URL", help="PostgreSQL URL", default_text="the dev stack's"),
+    Setting("connect_timeout_s", "EVENTQ_DB_CONNECT_TIMEOUT_S", "seconds", minimum=0.001,
+            help="longest wait for a connection"),
+)
+"""The database variables, one record per field of :class:`DatabaseSettings`."""
 
 
 async def connect(settings: DatabaseSettings) -> asyncpg.Connection:
@@ -103,7 +102,7 @@ async def connect(settings: DatabaseSettings) -> asyncpg.Connection:
         ) from exc
     except (asyncpg.ClientConfigurationError, ValueError, TypeError, OverflowError) as exc:
         raise ConfigError(
-            f"database URL {settings.safe_url!r} cannot be used: {redact(str(exc))}; fix EVENTQ_DATABASE_URL "
+            f"database URL {settings.safe_url!r} cannot be used: {redact(str(exc))}; fix {DATABASE.variable('url')} "
             "(postgresql://user[:password]@host:port/database)"
         ) from exc
 

@@ -1,15 +1,14 @@
-"""Producer settings: a frozen dataclass with ``from_env()``."""
+"""Producer settings: a frozen dataclass with ``from_env()``, its variables declared in :data:`PRODUCER`."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventq.config import KafkaSettings, check_seconds, env_float, env_int, env_str, read_env
-from eventq.errors import ConfigError
+from eventq.config import KafkaSettings
 from eventq.schemas.envelope import DEFAULT_MAX_EVENT_BYTES
+from eventq.settings_table import Setting, table
 
 COMPRESSION = (None, "gzip", "snappy", "lz4", "zstd")
 MAX_LINGER_MS = 60_000  # a batch held longer than a minute is a mistake, not tuning
@@ -34,40 +33,28 @@ class ProducerSettings:
     compression: str | None = None
 
     def __post_init__(self) -> None:
-        check_seconds(self.delivery_timeout_s, "delivery_timeout_s", "EVENTQ_DELIVERY_TIMEOUT_S")
-        if self.delivery_timeout_s <= 0:
-            raise ConfigError("delivery_timeout_s must be positive (EVENTQ_DELIVERY_TIMEOUT_S)")
-        if not 0 <= self.linger_ms <= MAX_LINGER_MS:
-            raise ConfigError(f"linger_ms must be from 0 to {MAX_LINGER_MS} (EVENTQ_LINGER_MS)")
-        if self.max_event_bytes < 1024:
-            raise ConfigError("max_event_bytes must be at least 1024 (EVENTQ_MAX_EVENT_BYTES)")
-        if self.max_batch_bytes < 1024:
-            # A batch always takes its first record whatever its size, so this only
-            # bounds how many records share one request.
-            raise ConfigError("max_batch_bytes must be at least 1024 (EVENTQ_MAX_BATCH_BYTES)")
-        if self.compression not in COMPRESSION:
-            raise ConfigError(
-                f"compression {self.compression!r} (EVENTQ_COMPRESSION) is unknown; "
-                "use one of gzip, snappy, lz4, zstd"
-            )
+        PRODUCER.check(self)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ProducerSettings:
-        """Read ``EVENTQ_*`` variables (see README, Configuration); ``overrides`` win and are not read."""
-        e = os.environ if env is None else env
-        return read_env(cls, {
-            "kafka": lambda: KafkaSettings.from_env(e),
-            "default_topic": lambda: env_str(e, "EVENTQ_TOPIC"),
-            "schemas": lambda: tuple(s.strip() for s in (env_str(e, "EVENTQ_SCHEMAS") or "").split(",") if s.strip()),
-            "delivery_timeout_s": lambda: env_float(e, "EVENTQ_DELIVERY_TIMEOUT_S", 30.0, minimum=0.001),
-            "linger_ms": lambda: env_int(e, "EVENTQ_LINGER_MS", 5, maximum=MAX_LINGER_MS),
-            "max_batch_bytes": lambda: env_int(e, "EVENTQ_MAX_BATCH_BYTES", 512 * 1024, minimum=1024),
-            "max_event_bytes": lambda: env_int(e, "EVENTQ_MAX_EVENT_BYTES", DEFAULT_MAX_EVENT_BYTES, minimum=1024),
-            "compression": lambda: _compression(env_str(e, "EVENTQ_COMPRESSION")),
-        }, overrides)
+        """Read the variables of :data:`PRODUCER` and :data:`~eventq.config.KAFKA` (README, Configuration);
+        ``overrides`` win and are not read."""
+        return PRODUCER.read(env, overrides, kafka=KafkaSettings.from_env)
 
 
-def _compression(value: str | None) -> str | None:
-    if value is not None and value.lower() not in COMPRESSION:
-        raise ConfigError(f"EVENTQ_COMPRESSION={value!r} is unknown; use one of gzip, snappy, lz4, zstd (or unset)")
-    return None if value is None else value.lower()
+PRODUCER = table(
+    ProducerSettings,
+    Setting("default_topic", "EVENTQ_TOPIC", help="Topic to publish to"),
+    Setting("schemas", "EVENTQ_SCHEMAS", "csv", help="Directory or package of <type>.json schemas"),
+    Setting("delivery_timeout_s", "EVENTQ_DELIVERY_TIMEOUT_S", "seconds", minimum=0.001,
+            help="longest wait for an acknowledgement"),
+    Setting("linger_ms", "EVENTQ_LINGER_MS", "int", minimum=0, maximum=MAX_LINGER_MS,
+            help="how long the client waits to fill a batch"),
+    # A batch always takes its first record whatever its size, so the minimum only
+    # bounds how many records share one request.
+    Setting("max_batch_bytes", "EVENTQ_MAX_BATCH_BYTES", "int", minimum=1024, help="record batch size per partition"),
+    Setting("max_event_bytes", "EVENTQ_MAX_EVENT_BYTES", "int", minimum=1024, help="largest encoded event accepted"),
+    Setting("compression", "EVENTQ_COMPRESSION", "choice", choices=tuple(c for c in COMPRESSION if c),
+            help="compression codec", default_text="none"),
+)
+"""The producer variables, one record per field of :class:`ProducerSettings` but ``kafka``."""
