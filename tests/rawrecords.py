@@ -13,6 +13,7 @@ a test can compare it with aiokafka's own builder for records aiokafka can write
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Sequence
 
@@ -106,17 +107,25 @@ async def produce_raw_record(
     client = AIOKafkaClient(**kafka_settings.client_kwargs())
     await client.bootstrap()
     try:
-        await client._wait_on_metadata(topic)  # noqa: SLF001 - the client has no public metadata wait
-        leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
-        if leader is None or leader < 0:
-            raise RuntimeError(f"no leader for {topic}/{partition}")
-        request = ProduceRequest(transactional_id=None, required_acks=-1, timeout=30_000,
-                                 topics=[(topic, [(partition, batch)])])
-        response = await client.send(leader, request)
+        # A topic created a moment ago may still be moving its leadership (NotLeaderForPartition,
+        # retriable): ask for fresh metadata and send again, as a producer would.
+        for attempt in range(10):
+            await client._wait_on_metadata(topic)  # noqa: SLF001 - the client has no public metadata wait
+            leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+            if leader is None or leader < 0:
+                raise RuntimeError(f"no leader for {topic}/{partition}")
+            request = ProduceRequest(transactional_id=None, required_acks=-1, timeout=30_000,
+                                     topics=[(topic, [(partition, batch)])])
+            response = await client.send(leader, request)
+            [(_, [answer])] = response.topics
+            error_code, offset = answer[1], answer[2]
+            error = for_code(error_code) if error_code != 0 else None
+            if error is None or not error.retriable or attempt == 9:
+                break
+            await client.force_metadata_update()
+            await asyncio.sleep(0.2)
     finally:
         await client.close()
-    [(_, [answer])] = response.topics
-    error_code, offset = answer[1], answer[2]
-    if error_code != 0:
-        raise for_code(error_code)(f"the broker refused the raw record for {topic}/{partition}")
+    if error is not None:
+        raise error(f"the broker refused the raw record for {topic}/{partition}")
     return int(offset)
