@@ -194,6 +194,7 @@ class Producer:
         self._queued: dict[str, list[tuple[str, RecordParts, asyncio.Future[Outcome]]]] = {}
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
+        self._queueing: dict[str, asyncio.Lock] = {}  # each topic's turn to queue batches (_send_records)
 
     async def __aenter__(self) -> Producer:
         await self.start()
@@ -369,16 +370,27 @@ class Producer:
             return report
         started = time.perf_counter()
         deadline = self._acks.deadline()
-        try:
-            aio = await self._ready(name)
-        except EventqError as exc:  # nothing was sent: every event failed for this reason
-            self._metrics.sent(name, [exc] * len(records), len(records), time.perf_counter() - started)
-            raise
-        by_partition = self._group_by_partition(aio, name, records)
+        # Calls queue their batches one at a time per topic, in call order (they get here in
+        # that order, before any await): a later call, or one whose metadata came back first,
+        # never overtakes an earlier one, so events of a key keep their order across calls.
+        # Answers are awaited outside the turn.
+        async with self._queueing.setdefault(name, asyncio.Lock()):
+            try:
+                aio = await self._ready(name)
+            except EventqError as exc:  # nothing was sent: every event failed for this reason
+                self._metrics.sent(name, [exc] * len(records), len(records), time.perf_counter() - started)
+                raise
+            by_partition = self._group_by_partition(aio, name, records)
+            queued = await asyncio.gather(
+                *(
+                    self._queue_partition(aio, name, partition, indexes, records, deadline)
+                    for partition, indexes in by_partition.items()
+                )
+            )
         await asyncio.gather(
             *(
-                self._send_partition(aio, name, partition, indexes, records, report, deadline)
-                for partition, indexes in by_partition.items()
+                self._collect_partition(name, partition, indexes, answer, report, deadline)
+                for (partition, indexes), answer in zip(by_partition.items(), queued, strict=True)
             )
         )
         if report._unresolved():  # every index belongs to exactly one partition's task
@@ -459,37 +471,49 @@ class Producer:
             members.append(index)
         return groups
 
-    async def _send_partition(
+    async def _queue_partition(
         self,
         aio: AIOKafkaProducer,
         topic: str,
         partition: int,
         indexes: list[int],
         records: Sequence[RecordParts],
-        report: PublishReport,
         deadline: float,
-    ) -> None:
+    ) -> tuple[list[tuple[asyncio.Future[Any], list[int]]], EventqError | None]:
+        """Queue one partition's records in aiokafka as batches: (each batch's future and members, why the rest
+        was not queued)."""
         submitted: list[tuple[asyncio.Future[Any], list[int]]] = []
         members: list[int] = []
-        failure: EventqError | None = None
         batch = aio.create_batch()
         for index in indexes:
             record = records[index]
             headers = record_headers(record)
             if batch.append(key=record[0], value=record[1], timestamp=record[2], headers=headers) is None:
                 try:
-                    submitted.append((await self._submit(aio, batch, topic, partition), members))
+                    submitted.append((await self._submit(aio, batch, topic, partition, deadline), members))
                 except EventqError as exc:
-                    failure = exc
-                    break
+                    return submitted, exc
                 batch, members = aio.create_batch(), []
                 batch.append(key=record[0], value=record[1], timestamp=record[2], headers=headers)
             members.append(index)
-        if failure is None and members:
+        if members:
             try:
-                submitted.append((await self._submit(aio, batch, topic, partition), members))
+                submitted.append((await self._submit(aio, batch, topic, partition, deadline), members))
             except EventqError as exc:
-                failure = exc
+                return submitted, exc
+        return submitted, None
+
+    async def _collect_partition(
+        self,
+        topic: str,
+        partition: int,
+        indexes: list[int],
+        queued: tuple[list[tuple[asyncio.Future[Any], list[int]]], EventqError | None],
+        report: PublishReport,
+        deadline: float,
+    ) -> None:
+        """Wait for the broker's answer to each queued batch and note every event's outcome."""
+        submitted, failure = queued
         for future, batch_members in submitted:
             try:
                 metadata = await self._acks.wait(future, deadline)
@@ -501,13 +525,36 @@ class Producer:
             done = {i for _, batch_members in submitted for i in batch_members}
             report._fail((i for i in indexes if i not in done), failure)
 
-    async def _submit(self, aio: AIOKafkaProducer, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
+    async def _submit(
+        self, aio: AIOKafkaProducer, batch: Any, topic: str, partition: int, deadline: float
+    ) -> asyncio.Future[Any]:
+        """Queue a closed batch in aiokafka; PublishTimeout only once ``deadline`` has passed.
+
+        aiokafka 0.14's ``add_batch`` subtracts the time since it began on every turn of its
+        wait for a free slot (its ``start`` is set once, before the loop), so a batch queued
+        behind a few dozen others for its partition gives up within seconds instead of
+        ``request_timeout_ms`` (3,000 ``publish`` calls in separate loop turns: 2,520 failed
+        in 7 s). Its timeout means the batch was not queued, so it is queued again, waiting
+        at most until the caller's deadline.
+        """
         batch.close()
-        try:
-            future: asyncio.Future[Any] = await aio.send_batch(batch, topic, partition=partition)
-        except Exception as exc:
-            raise translate(exc, topic=topic, settings=self.settings.kafka) from exc
-        return future
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise ke.KafkaTimeoutError("no room for the batch before the delivery timeout")
+                # (Cancelling it is safe: a batch is appended and returned with no await between.)
+                future: asyncio.Future[Any] = await asyncio.wait_for(
+                    aio.send_batch(batch, topic, partition=partition), remaining
+                )
+            except (ke.KafkaTimeoutError, TimeoutError) as exc:
+                if loop.time() < deadline:
+                    continue
+                raise translate(ke.KafkaTimeoutError(str(exc)), topic=topic, settings=self.settings.kafka) from exc
+            except Exception as exc:
+                raise translate(exc, topic=topic, settings=self.settings.kafka) from exc
+            return future
 
 
 def _end_send(span: Any, outcome: Outcome) -> None:

@@ -230,3 +230,22 @@ async def test_concurrent_publish_calls_keep_call_order_and_isolate_bad_events(
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
         per_key[record.key or b""].append(decode(record.key, record.value, record.headers).data["n"])
     assert all(seq == sorted(seq) and len(seq) == 100 for seq in per_key.values())
+
+
+async def test_thousands_of_publish_calls_in_separate_turns_are_all_acknowledged_in_call_order(
+    kafka_settings: KafkaSettings, new_topic: TopicFactory
+) -> None:
+    """3,000 publish() calls of one key, each made in its own loop turn (so each is its own record
+    batch queued behind the others), are all acknowledged, at offsets in call order — none fails
+    early with PublishTimeout (aiokafka's add_batch gave up within seconds) or overtakes another."""
+    topic = await new_topic(partitions=1)
+    async with producer_for(kafka_settings) as producer:
+        calls = []
+        for n in range(3000):
+            calls.append(asyncio.create_task(producer.publish(ping(n, key="one-key"), topic=topic)))
+            await asyncio.sleep(0)  # the next call comes in a later turn of the loop
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    assert not failures, f"{len(failures)} of 3000 failed, first: {failures[0]!r}"
+    offsets = [o.offset for o in outcomes if not isinstance(o, BaseException)]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 3000
