@@ -5,7 +5,7 @@ signals is left to the application (or to the ``eventq`` CLI).
 """
 
 from eventq.config import KafkaSettings
-from eventq.consumers import App, BatchContext, Consumer, ConsumerSettings, Context, Hooks
+from eventq.consumers import App, BatchContext, Consumer, ConsumerSettings, Context, Instruments
 from eventq.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -37,7 +37,7 @@ __all__ = [
     "ConsumerError",
     "ConsumerSettings",
     "Context",
-    "Hooks",
+    "Instruments",
     "RegistrationError",
     "Reject",
     "RetryLater",

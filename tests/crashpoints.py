@@ -1,4 +1,4 @@
-"""Consumer hooks that end the process like kill -9 (``os._exit(137)``) at a crash point.
+"""Consumer instruments that end the process like kill -9 (``os._exit(137)``) at a crash point.
 
 Shared by the crash tests (tests/integration/crash_worker.py) and the fault suite's
 daemons (tests/faults/worker.py).
@@ -11,11 +11,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from eventq.consumers import Hooks
-from eventq.consumers.slices import SliceResult
+from eventq.consumers import Instruments
+from eventq.consumers.outcome import Slice
 
 
-class CrashAt(Hooks):
+class CrashAt(Instruments):
     """Exit like kill -9 the K-th time a slice reaches a crash point.
 
     ``spec`` is ``POINT`` or ``POINT:K`` (POINT: after_handlers, after_record or
@@ -40,10 +40,10 @@ class CrashAt(Hooks):
                 f.write(f"{os.getpid()} {point} {time.time():.6f}\n")
         os._exit(137)
 
-    async def after_handlers(self, topic: str, partition: int, result: SliceResult) -> None:
+    async def after_handlers(self, sl: Slice) -> None:
         self._maybe("after_handlers")
 
-    async def after_record(self, topic: str, partition: int, result: SliceResult) -> None:
+    async def after_record(self, sl: Slice) -> None:
         self._maybe("after_record")
 
     async def before_commit(self, offsets: Mapping[tuple[str, int], int]) -> None:

@@ -8,9 +8,11 @@ Guarantees (each proven by a test against the real broker and database):
   records after the last commit are delivered again.
 - **Redelivered events skip their handler.** One query per fetched batch finds the
   events the group already finished.
-- **Partitions are independent.** Each partition's slice of a batch runs as its own
-  task; a slow or retrying partition is not fetched again until its slice is done,
-  while the others keep being fetched and processed.
+- **Partitions are independent, and pipelined.** Each partition's slice of a batch
+  runs as its own task; a slow or retrying partition is not fetched again until its
+  slice's handlers are done, while the others keep being fetched and processed. Its
+  next slice is handled while the previous one is recorded and committed; offsets are
+  still committed in order, each only once everything before it is recorded.
 - **Nothing is skipped.** A slice that fails unexpectedly rewinds its partition to the
   slice's first offset; a dead letter that cannot be published is retried until it
   is (the partition waits; its offset does not move past it).
@@ -25,8 +27,6 @@ Guarantees (each proven by a test against the real broker and database):
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -34,20 +34,22 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka import errors as ke
-from opentelemetry import trace
-from opentelemetry.trace import Span
 
 from eventq.consumers import store
 from eventq.consumers.app import App
-from eventq.consumers.committer import Committer, Recorder
+from eventq.consumers.commit import Committer
 from eventq.consumers.deadletter import HEADROOM_BYTES, DeadLetterSink, dead_letter_headers
+from eventq.consumers.decode import decode_items
+from eventq.consumers.dedupe import InFlight, identities, mark_duplicates
+from eventq.consumers.fetch import Fetcher, Lane, Lanes
+from eventq.consumers.handle import Handle
 from eventq.consumers.health import HealthServer, Status, with_database
-from eventq.consumers.hooks import Hooks
+from eventq.consumers.instruments import Chain, Instruments, Measured, Traced
+from eventq.consumers.outcome import Slice
 from eventq.consumers.probes import DatabaseProbe, Prober
-from eventq.consumers.processor import Processor
+from eventq.consumers.record import Recorder
 from eventq.consumers.retrytopics import origin_of, retry_topic
 from eventq.consumers.settings import ConsumerSettings
-from eventq.consumers.slices import Interrupt, Item, SliceResult, decode_items
 from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
 from eventq.kafka import check_group_access, create_topics, explain, max_message_bytes, topic_shapes
 from eventq.kafka import consumer as kafka_consumer
@@ -57,15 +59,8 @@ from eventq.telemetry import Telemetry
 from eventq.telemetry import tracing as tr
 from eventq.telemetry.logs import bounded
 from eventq.telemetry.metrics import ConsumerMetrics
-from eventq.wire import DLT_TRACEPARENT
 
 log = structlog.get_logger("eventq.consumer")
-
-_ALL_BUSY_WAIT_S = 1.0  # all partitions busy this long → pause them and poll, to stay in the group
-
-
-# Refusals no retry can mend (a missing ACL): the daemon stops with the cause instead.
-_REFUSED = (ke.GroupAuthorizationFailedError, ke.TopicAuthorizationFailedError, ke.ClusterAuthorizationFailedError)
 
 
 class Consumer:
@@ -79,7 +74,8 @@ class Consumer:
     It reports to ``telemetry``'s providers (default: the global ones): spans per
     slice and per event (:mod:`eventq.telemetry.tracing`), metrics per slice and the
     lag per partition (:mod:`eventq.telemetry.metrics`), served for Prometheus at
-    ``/metrics`` on the health port.
+    ``/metrics`` on the health port. ``instruments`` (:mod:`eventq.consumers.instruments`)
+    observe every step besides those; tests use them to crash at a point.
     """
 
     def __init__(
@@ -87,7 +83,7 @@ class Consumer:
         app: App,
         settings: ConsumerSettings | None = None,
         *,
-        hooks: Hooks | None = None,
+        instruments: Instruments | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
         self.app = app
@@ -101,10 +97,11 @@ class Consumer:
         if not app.handlers:
             raise ConfigError(f"app {app.name!r} has no handlers; register one with @app.handler('type.v1')")
         self.registry = SchemaRegistry.load(app.schemas + settings.schemas, inline=app.inline_schemas)
-        self.hooks = hooks or Hooks()
         self.telemetry = telemetry = telemetry or Telemetry()
         self._tracing = tr.Tracing(telemetry.tracer_provider)
         self._metrics = ConsumerMetrics(telemetry.meter_provider, self.group)
+        self._extra = instruments
+        self.instruments: Instruments = Instruments()  # chosen at start (tracing may be set up later)
         self.status = Status()
         self.health: HealthServer | None = None
         self._prober: Prober | None = None
@@ -114,16 +111,14 @@ class Consumer:
         self._sink = DeadLetterSink(settings.kafka, timeout_s=settings.dead_letter_timeout_s)
         # Follow-up events are validated by the daemon's registry (the App's inline schemas too): loaded once.
         self._producer = Producer(settings.producer_for(app.schemas), telemetry=telemetry, registry=self.registry)
-        self._processor: Processor | None = None
-        self._slices: dict[TopicPartition, asyncio.Task[None]] = {}
-        self._interrupts: dict[TopicPartition, Interrupt] = {}
-        self._paused: set[TopicPartition] = set()
-        self._slice_done = asyncio.Event()
+        self._handle: Handle | None = None
+        self._lanes = Lanes()
+        self._in_flight = InFlight()
         self._committer: Committer | None = None
         self._recorder: Recorder | None = None
+        self._fetcher: Fetcher | None = None
         self._retry_topics: frozenset[str] = frozenset()
         self._first_fetched: dict[TopicPartition, int] = {}  # per partition, since assigned (for the lag)
-        self._markers_checked = 0.0  # when _commit_past_markers last looked
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -134,8 +129,8 @@ class Consumer:
         finished is recorded and committed, the rest is delivered again later.
         """
         self._stopping.set()
-        for interrupt in self._interrupts.values():
-            interrupt.set()
+        for lane in self._lanes.values():
+            lane.interrupt.set()
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Start, process until stopped (or idle), then shut down cleanly."""
@@ -146,7 +141,8 @@ class Consumer:
             raise
         ticker = asyncio.create_task(self._tick(), name="eventq-liveness")
         try:
-            await self._fetch_loop(until_idle=until_idle)
+            assert self._fetcher is not None
+            await self._fetcher.run(self._stopping, until_idle=until_idle)
         finally:
             ticker.cancel()
             await self._shutdown()
@@ -176,15 +172,21 @@ class Consumer:
                 "(or eventq consume --migrate)"
             )
         await self._start_kafka()
-        self._processor = Processor(
-            app=self.app, settings=s, group=self.group, producer=self._producer, pool=self._pool, status=self.status,
-            tracing=self._tracing,
+        self.instruments = ins = Chain.of(
+            Measured(self._metrics), Traced(self._tracing, self.group) if self._tracing.enabled else None, self._extra,
         )
-        self._processor.retry_topics = self._retry_topics
+        self._handle = Handle(
+            app=self.app, settings=s, group=self.group, producer=self._producer, pool=self._pool, status=self.status,
+            instruments=ins,
+        )
         assert self._consumer is not None
         self._recorder = Recorder(self._pool, self.group, self.status)
-        self._committer = Committer(self._consumer, self.hooks, self.status, tracing=self._tracing)
+        self._committer = Committer(self._consumer, self.status, ins)
         self._committer.start()
+        self._fetcher = Fetcher(
+            self._consumer, s, self._lanes, self._committer, self._dispatch, topics=self.topics, group=self.group,
+            assigned=self._assigned,
+        )
         # Asked in the background with or without a health port: outages are logged while idle too.
         self._prober = Prober(self.status, database=DatabaseProbe(db), broker=self._probe)
         self._prober.start()
@@ -277,12 +279,15 @@ class Consumer:
         await self._producer.start()
         consumer.subscribe([*self.topics, *sorted(retry_names)], listener=_Rebalance(self))
 
+    def _assigned(self, partitions: int) -> None:
+        self.status.assigned = partitions
+
     async def _shutdown(self) -> None:
         try:
-            running = list(self._slices.values())
+            running = [task for lane in self._lanes.values() for task in lane.tasks()]
             if running:
                 log.info("consumer.draining", slices=len(running), grace_s=self.settings.shutdown_grace_s)
-                await self._finish(running)
+                await self._finish()
             if self._committer is not None:
                 try:
                     async with asyncio.timeout(max(5.0, self.settings.shutdown_grace_s)):
@@ -330,299 +335,224 @@ class Consumer:
             await self._pool.close()
             self._pool = None
 
-    async def _finish(self, slices: list[asyncio.Task[None]]) -> None:
-        """Let slices finish within the grace period; cancel (abandon, uncommitted) the rest."""
-        _, late = await asyncio.wait(slices, timeout=self.settings.shutdown_grace_s)
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.gather(*late, return_exceptions=True)
-            log.warning("consumer.slices_abandoned", slices=len(late))
-
-    # -- fetching ------------------------------------------------------------------
-
-    async def _fetch_loop(self, *, until_idle: bool) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        unassigned_since = asyncio.get_running_loop().time()
-        stop = asyncio.create_task(self._stopping.wait())
-        try:
-            await self._fetch_until(consumer, stop, until_idle, unassigned_since)
-        finally:
-            stop.cancel()
-
-    async def _fetch_until(
-        self, consumer: AIOKafkaConsumer, stop: asyncio.Task[Any], until_idle: bool, unassigned_since: float
-    ) -> None:
-        s = self.settings
-        while not self._stopping.is_set():
-            assigned = consumer.assignment()
-            self.status.assigned = len(assigned)
-            free = [tp for tp in assigned if tp not in self._slices]
-            if self._slices and not free:
-                await self._all_busy(consumer)
-                continue
-            timeout = s.max_batch_timeout_s if not self._slices else 0.01
-            # Raced against stop(): during a rebalance getmany waits for the new
-            # assignment, which must not hold up a shutdown (cancelling it is safe:
-            # records are only taken from aiokafka's buffer once it returns).
-            fetch = asyncio.ensure_future(
-                consumer.getmany(*free, timeout_ms=int(timeout * 1000), max_records=s.max_batch_size)
-            )
-            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not fetch.done():
-                fetch.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ke.KafkaError):
-                    await fetch
+    async def _finish(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Let the slices of ``partitions`` (default: all) finish within the grace period, settle tasks
+        they start included; cancel (abandon, uncommitted) the rest."""
+        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
+        while True:
+            running = [
+                task for tp, lane in self._lanes.items() if partitions is None or tp in partitions
+                for task in lane.tasks()
+            ]
+            if not running:
                 return
-            try:
-                records = fetch.result()
-            except _REFUSED as exc:
-                # aiokafka keeps retrying a refused group or topic for ever: stop with the cause.
-                reason = explain(exc, s.kafka, topic=",".join(self.topics), operation="Read", group=self.group)
-                raise ConsumerError(reason or f"{type(exc).__name__}: {exc}") from exc
-            except ke.KafkaError as exc:
-                log.warning("consumer.fetch_failed", error_type=type(exc).__name__, error=str(exc))
-                await asyncio.sleep(1.0)
-                continue
-            if records and not self._stopping.is_set():
-                # (Records fetched as the stop came are not started: nothing after
-                # the last finished record is committed, so they are redelivered.)
-                self._dispatch(records)
-                continue
-            if not records and not self._stopping.is_set():
-                await self._commit_past_markers(consumer)
-            if until_idle and not self._slices:
-                now = asyncio.get_running_loop().time()
-                if assigned:
-                    unassigned_since = now
-                    if await self._caught_up(consumer, assigned):
-                        await self._commit_past_markers(consumer, force=True)
-                        log.info("consumer.idle", group=self.group)
-                        return
-                elif now - unassigned_since > 2 * s.session_timeout_s:
-                    log.info("consumer.idle_unassigned", group=self.group)
-                    return
-
-    async def _all_busy(self, consumer: AIOKafkaConsumer) -> None:
-        self._slice_done.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_ALL_BUSY_WAIT_S):
-                await self._slice_done.wait()
+            left = deadline - asyncio.get_running_loop().time()
+            _, late = await asyncio.wait(running, timeout=max(0.0, left))
+            if late and asyncio.get_running_loop().time() >= deadline:
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+                log.warning("consumer.slices_abandoned", slices=len(late))
                 return
-        # Still all busy (retries, an outage): pause the busy partitions so polling
-        # returns nothing for them, and poll so the group does not evict us.
-        busy = [tp for tp in self._slices if tp not in self._paused]
-        if busy:
-            consumer.pause(*busy)
-            self._paused.update(busy)
-        if set(consumer.assignment()) <= self._paused:
-            try:
-                stray = await consumer.getmany(timeout_ms=0)
-            except ke.KafkaError:
-                return
-            # A rebalance during that call may have assigned new (unpaused) partitions:
-            # their records are ours now and must be processed, not dropped.
-            if stray and not self._stopping.is_set():
-                self._dispatch(stray)
 
-    async def _commit_past_markers(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> None:
-        """Offer the position of idle partitions whose position passed what was committed.
-
-        A partition's position moves past records the daemon never sees — the
-        transaction markers ``eventq dlq replay`` leaves, aborted records — without a
-        record to commit after them, so the committed offset would stay one below the
-        log end for good (lag 1 in every lag-based tool). An idle partition (no slice in
-        flight) has finished every record before its position, so committing the position
-        commits nothing unfinished. Checked at most once a second.
-        """
-        now = time.monotonic()
-        if (now < self._markers_checked + 1.0 and not force) or self._committer is None:
-            return
-        self._markers_checked = now
-        committer = self._committer
-        for tp in consumer.assignment():
-            if tp in self._slices:
-                continue
-            try:
-                position = await consumer.position(tp)
-                done = committer.committed.get(tp)
-                if done is None:
-                    committed = await consumer.committed(tp)
-                    if committed is None:
-                        continue
-                    done = committer.committed[tp] = committed
-            except (ke.KafkaError, ke.IllegalStateError, AssertionError):  # revoked meanwhile
-                continue
-            if position > done and tp not in self._slices and tp in consumer.assignment():
-                committer.offer(tp, position)
-
-    async def _caught_up(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> bool:
-        try:
-            ends = await consumer.end_offsets(list(assigned))
-            for tp in assigned:
-                if await consumer.position(tp) < ends[tp]:
-                    return False
-        except (ke.KafkaError, ke.IllegalStateError):
-            return False
-        return True
+    # -- one partition's slice: decode, dedupe, handle; then dead-letter, record, commit ---------
 
     def _dispatch(self, records: Mapping[TopicPartition, list[Any]]) -> None:
-        slices: dict[TopicPartition, list[Item]] = {}
+        """Start a slice per partition of a fetched batch (stage 1 → 2 → 3 → 4)."""
+        slices: list[tuple[Lane, Slice]] = []
         ids: list[store.Identity] = []
         for tp, batch in records.items():
-            if tp in self._slices:  # cannot happen by construction; never process a partition twice at once
+            if tp in self._lanes.closed:
+                continue  # being revoked: the next owner fetches these from the last commit
+            lane = self._lanes.lane(tp)
+            if not lane.free:  # cannot happen by construction; never handle a partition twice at once
                 assert self._consumer is not None
                 self._consumer.seek(tp, batch[0].offset)
                 continue
             self._first_fetched.setdefault(tp, batch[0].offset)
-            items = decode_items(batch, self.app, self.registry, self._producer.settings.max_event_bytes)
-            slices[tp] = items
-            ids.extend((item.event.id, item.event.source) for item in items if item.event is not None)
+            items = decode_items(
+                batch, self.app, self.registry, self._producer.settings.max_event_bytes, self._retry_topics
+            )
+            slices.append((lane, Slice(tp.topic, tp.partition, items)))
+            ids.extend(identities(items))
+        unwritten = self._in_flight.snapshot(ids)  # taken as the query goes out (see eventq.consumers.dedupe)
         seen = asyncio.create_task(self._dedupe(ids))
-        for tp, items in slices.items():
-            self._interrupts[tp] = Interrupt()
-            self._slices[tp] = asyncio.create_task(self._slice(tp, items, seen), name=f"eventq-slice-{tp}")
-        log.debug("consumer.batch_fetched", records=sum(len(v) for v in slices.values()), partitions=len(slices))
+        for lane, sl in slices:
+            lane.unsettled += 1
+            lane.handling = asyncio.create_task(
+                self._handle_slice(lane, sl, seen, unwritten), name=f"eventq-slice-{sl.topic}-{sl.partition}"
+            )
 
     async def _dedupe(self, ids: list[store.Identity]) -> dict[store.Identity, str]:
         return await with_database(  # type: ignore[no-any-return]
             self.status, lambda: store.finished(self._pool, self.group, ids)
         )
 
-    # -- one partition's slice -------------------------------------------------------
-
-    async def _slice(
-        self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[dict[store.Identity, str]]
+    async def _handle_slice(
+        self, lane: Lane, sl: Slice, seen: asyncio.Task[dict[store.Identity, str]],
+        unwritten: dict[store.Identity, str],
     ) -> None:
-        started = time.perf_counter()
-        traced = trace.use_span(self._process_span(tp, items), end_on_exit=True) if self._tracing.enabled else None
-        result: SliceResult | None = None
+        """Dedupe and handle; then hand the slice to its settle task and free the lane for the next fetch."""
+        assert self._handle is not None
+        ins = self.instruments
+        tp = TopicPartition(sl.topic, sl.partition)
+        ins.slice_started(sl)
+        active = ins.activate_slice(sl)
+        settled = False
         try:
-            with traced or contextlib.nullcontext():
-                result = await self._run_slice(tp, items, seen)
+            mark_duplicates(sl.items, await asyncio.shield(seen), unwritten)
+            await self._handle.run(sl.items, lane.interrupt)
+            await ins.after_handlers(sl)
+            rows = sl.rows
+            self._in_flight.add(rows)
+            lane.settling = asyncio.create_task(
+                self._settle(lane, tp, sl, rows, lane.settling), name=f"eventq-settle-{sl.topic}-{sl.partition}"
+            )
+            settled = True
+            if not sl.complete:
+                # Interrupted: the rest of the slice must be fetched again, not skipped.
+                self._rewind(lane, tp, sl.next_offset)
+        except asyncio.CancelledError as exc:
+            if not settled:
+                ins.slice_finished(sl, exc)
+            raise
+        except Exception as exc:
+            self._failed(lane, tp, sl, exc)
         finally:
-            if result is not None:
-                finished = result.next_offset - items[0].record.offset  # the rest is fetched again
-                self._metrics.slice_done(
-                    tp.topic, tp.partition, len(items), finished, result.duplicates, result.retries,
-                    (letter.failure.reason for letter in result.letters), time.perf_counter() - started,
-                )
+            ins.deactivate(active)
+            if not settled:
+                lane.unsettled -= 1
+            lane.handling = None
+            self._freed(lane, tp)
 
-    def _process_span(self, tp: TopicPartition, items: list[Item]) -> Span:
-        """Start the slice's ``process`` span, linked to each event's creation context (kept on the item)."""
-        creations = []
-        for item in items:
-            event = item.event
-            if event is not None and event.traceparent:
-                item.parent = parent = tr.context_from_traceparent(event.traceparent, event.tracestate)
-                if parent is not None:
-                    creations.append(tr.span_context_of(parent))
-        return self._tracing.process(tp.topic, tp.partition, self.group, creations)
-
-    async def _run_slice(
-        self, tp: TopicPartition, items: list[Item], seen: asyncio.Task[dict[store.Identity, str]]
-    ) -> SliceResult | None:
-        """Process, dead-letter, record, offer the commit; the result, or None if the slice failed (rewound)."""
-        assert self._processor is not None
-        result: SliceResult | None = None
+    async def _settle(
+        self, lane: Lane, tp: TopicPartition, sl: Slice, rows: list[store.Processed],
+        previous: asyncio.Task[bool] | None,
+    ) -> bool:
+        """Dead-letter, record, offer the commit (stage 5 → 6 → 7); False if it (or an earlier slice) failed."""
+        ins = self.instruments
+        error: BaseException | None = None
         try:
-            result = await self._processor.run(items, await asyncio.shield(seen), self._interrupts[tp])
-            await self.hooks.after_handlers(tp.topic, tp.partition, result)
             assert self._recorder is not None
-            if result.letters or result.handoffs:
+            lettered = sl.lettered
+            handoffs = sl.handoffs
+            if lettered or handoffs:
                 # Handled events are recorded before the dead letters are sent, so a
                 # dead-letter topic that is down stalls only the commit: if the partition
                 # moves on meanwhile, the new owner skips them instead of running them again.
                 # A dead-lettered event's row waits for its letter's acknowledgement.
-                lettered = [row for row in result.rows if row.outcome == "dead_lettered"]
-                if len(lettered) < len(result.rows):
-                    await self._recorder.record([row for row in result.rows if row.outcome != "dead_lettered"])
-                await self._send_dead_letters(result)
-                if lettered:
-                    await self._recorder.record(lettered)
-            elif result.rows:
-                await self._recorder.record(result.rows)
-            await self.hooks.after_record(tp.topic, tp.partition, result)
-            if result.next_offset > items[0].record.offset:
+                first = [row for row in rows if row.outcome != "dead_lettered"]
+                later = [row for row in rows if row.outcome == "dead_lettered"]
+                if first:
+                    await self._recorder.record(first)
+                await self._send_dead_letters(sl, lettered, handoffs)
+                if later:
+                    await self._recorder.record(later)
+            elif rows:
+                await self._recorder.record(rows)
+            await ins.after_record(sl)
+            # Offsets are committed in order: only once every earlier slice of the lane is recorded.
+            if previous is not None and not await asyncio.shield(previous):
+                return False
+            if sl.next_offset > sl.first_offset:
                 assert self._committer is not None
-                self._committer.offer(tp, result.next_offset, result.span)
-            if result.next_offset <= items[-1].record.offset:
-                # Interrupted: the rest of the slice must be fetched again, not skipped.
-                consumer = self._consumer
-                if consumer is not None and tp in consumer.assignment() and not self._stopping.is_set():
-                    consumer.seek(tp, result.next_offset)
-        except asyncio.CancelledError:
+                self._committer.offer(tp, sl.next_offset, ins.slice_token(sl))
+            return True
+        except asyncio.CancelledError as exc:
+            error = exc
             raise
         except Exception as exc:
-            # Not committed; rewind so the slice is fetched again instead of skipped.
-            log.error(
-                "consumer.slice_failed", topic=tp.topic, partition=tp.partition, first_offset=items[0].record.offset,
-                error_type=type(exc).__name__, error=bounded(str(exc), 1000), exc_info=exc,
-            )
-            consumer = self._consumer
-            if consumer is not None and tp in consumer.assignment():
-                consumer.seek(tp, items[0].record.offset)
-            tr.fail(trace.get_current_span(), exc)
-            await asyncio.sleep(1.0)
-            result = None
+            error = exc
+            self._failed(lane, tp, sl, exc)
+            return False
         finally:
-            del self._slices[tp]
-            self._interrupts.pop(tp, None)
-            if tp in self._paused:
-                self._paused.discard(tp)
-                if self._consumer is not None and tp in self._consumer.assignment():
-                    self._consumer.resume(tp)
-            self._slice_done.set()
-        return result
+            self._in_flight.written(rows)  # (written, or abandoned: then fetched again)
+            if not isinstance(error, Exception):
+                ins.slice_finished(sl, None if error is None else error)
+            lane.unsettled -= 1
+            self._freed(lane, tp)
 
-    async def _send_dead_letters(self, result: SliceResult) -> None:
+    def _failed(self, lane: Lane, tp: TopicPartition, sl: Slice, exc: Exception) -> None:
+        """A slice failed unexpectedly: not committed; the partition is fetched again from its first record."""
+        log.error(
+            "consumer.slice_failed", topic=tp.topic, partition=tp.partition, first_offset=sl.first_offset,
+            error_type=type(exc).__name__, error=bounded(str(exc), 1000), exc_info=exc,
+        )
+        self.instruments.slice_finished(sl, exc)
+        self._rewind(lane, tp, sl.first_offset, pause_s=1.0)
+
+    def _rewind(self, lane: Lane, tp: TopicPartition, offset: int, *, pause_s: float = 0.0) -> None:
+        """Fetch ``tp`` again from ``offset`` once no slice of it is being handled."""
+        lane.rewind = offset if lane.rewind is None else min(lane.rewind, offset)
+        if pause_s:
+            asyncio.get_running_loop().call_later(pause_s, self._apply_rewind, lane, tp, True)
+        elif lane.handling is None or lane.handling is asyncio.current_task():
+            self._apply_rewind(lane, tp)
+
+    def _apply_rewind(self, lane: Lane, tp: TopicPartition, late: bool = False) -> None:
+        if lane.rewind is None:
+            return
+        if lane.handling is not None and lane.handling is not asyncio.current_task() and not lane.handling.done():
+            lane.handling.add_done_callback(lambda _: self._apply_rewind(lane, tp))
+            return
+        consumer = self._consumer
+        if consumer is not None and tp in consumer.assignment() and not self._stopping.is_set():
+            consumer.seek(tp, lane.rewind)
+        lane.rewind = None
+        if late:
+            self._freed(lane, tp)
+
+    def _freed(self, lane: Lane, tp: TopicPartition) -> None:
+        if lane.free and self._fetcher is not None:
+            self._fetcher.resume(tp)
+        self._lanes.changed.set()
+
+    async def _send_dead_letters(self, sl: Slice, lettered: list[Any], handoffs: list[Any]) -> None:
         """Publish the slice's dead letters and retry records; retry until the broker acknowledges all."""
+        ins = self.instruments
         letters = []
-        spans = []
-        for letter in result.letters:
+        tokens = []
+        for item in lettered:
+            letter = item.letter(self.group)
             # (A letter from a retry topic that names no source goes to its source's topic.)
             source = origin_of(letter.topic) if letter.topic in self._retry_topics else None
             topic = self.settings.dead_letter_topic_for(source or letter.topic)
             headers = dead_letter_headers(letter)
-            if letter.span is not None and self._tracing.enabled:
-                span = self._tracing.dead_letter(topic, letter.span, letter.failure.reason)
-                traceparent = tr.traceparent_of(span)
-                if traceparent is not None:
-                    headers.append((DLT_TRACEPARENT, traceparent.encode()))
-                spans.append(span)
+            extra, token = ins.letter_sending(item, sl, topic)
+            headers.extend(extra)
+            tokens.append(token)
             letters.append((topic, letter.key, letter.value, headers))
         try:
             while True:
                 try:
-                    await self._sink.send(letters, result.handoffs)
+                    await self._sink.send(letters, handoffs)
                 except EventqError as exc:
-                    for span in spans:
-                        span.add_event("send_failed", {tr.ERROR_TYPE: type(exc).__qualname__})
+                    for token in tokens:
+                        ins.letter_failed(token, exc)
                     await self.status.broker_down(exc, "dead_letter")
                     continue
                 self.status.broker_up()
                 return
         finally:
-            for span in spans:
-                span.end()
+            for token in tokens:
+                ins.letter_sent(token)
 
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
-        for tp in revoked & set(self._interrupts):
-            self._interrupts[tp].set()
-        running = [task for tp, task in self._slices.items() if tp in revoked]
-        if running:
-            await self._finish(running)
+        self._lanes.closed |= revoked
+        for tp in revoked & set(self._lanes):
+            self._lanes[tp].interrupt.set()
+        await self._finish(revoked)
         if self._committer is not None:
             try:
                 async with asyncio.timeout(self.settings.session_timeout_s):
                     await self._committer.commit_now(only=revoked)
-            except Exception as exc:  # timeout, or a failing hook: the new owner redelivers, rows dedupe
+            except Exception as exc:  # timeout, or a failing crash point: the new owner redelivers, rows dedupe
                 log.warning("consumer.revoke_commit_failed", partitions=len(revoked), error_type=type(exc).__name__)
             finally:
                 self._committer.forget(revoked)
-        self._paused -= revoked
         for tp in revoked:
+            self._lanes.pop(tp, None)
+            self._lanes.paused.discard(tp)
             self._first_fetched.pop(tp, None)
         log.info("consumer.partitions_revoked", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
 
@@ -635,4 +565,5 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.daemon._revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.daemon._lanes.closed -= set(assigned)
         log.info("consumer.partitions_assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))

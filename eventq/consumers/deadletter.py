@@ -76,7 +76,6 @@ from eventq.wire import (
     DLT_TIMESTAMP,
     DLT_TOPIC,
 )
-from eventq.wire import REPLAY_COUNT as REPLAY_COUNT  # re-exported: eventq.consumers.slices reads it from here
 
 Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]  # topic, key, value, headers
 

@@ -54,7 +54,7 @@ async def main() -> None:
     crash_log = os.environ.get("FAULT_CRASH_LOG")
     app = build_app(settings.group_id, settings.topics[0], Path(fix) if fix else None)
     hooks = CrashAt(crash, Path(crash_log) if crash_log else None) if crash else None
-    daemon = Consumer(app, settings, hooks=hooks)
+    daemon = Consumer(app, settings, instruments=hooks)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop)

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from eventq.config import KafkaSettings
-from eventq.consumers import App, Consumer, ConsumerSettings, Hooks
+from eventq.consumers import App, Consumer, ConsumerSettings, Instruments
 from eventq.database import DatabaseSettings
 from eventq.producers import Producer, ProducerSettings
 from eventq.schemas import Event
@@ -57,14 +57,14 @@ async def publish(kafka: KafkaSettings, topic: str, events: Sequence[Event]) -> 
 async def run_until_idle(
     app: App,
     settings: ConsumerSettings,
-    hooks: Hooks | None = None,
+    instruments: Instruments | None = None,
     timeout: float = 60,
     *,
     telemetry: Telemetry | None = None,
 ) -> None:
     """Run a daemon in burst mode: until every assigned partition is processed and committed."""
     async with asyncio.timeout(timeout):
-        await Consumer(app, settings, hooks=hooks, telemetry=telemetry).run(until_idle=True)
+        await Consumer(app, settings, instruments=instruments, telemetry=telemetry).run(until_idle=True)
 
 
 async def rows(database: str, group: str) -> list[asyncpg.Record]:

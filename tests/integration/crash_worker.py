@@ -31,7 +31,7 @@ def main() -> None:
 
     kafka = KafkaSettings(bootstrap_servers=os.environ["EVENTQ_BOOTSTRAP_SERVERS"])
     settings = consumer_settings(kafka, database, topic, group_id=group)
-    asyncio.run(Consumer(app, settings, hooks=CrashAt(point)).run(until_idle=True))
+    asyncio.run(Consumer(app, settings, instruments=CrashAt(point)).run(until_idle=True))
     sys.exit(3)  # reaching here means the crash point was never hit
 
 

@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 
 from eventq.config import KafkaSettings
-from eventq.consumers import App, BatchContext, Consumer, Context, Hooks
-from eventq.consumers.slices import SliceResult
+from eventq.consumers import App, BatchContext, Consumer, Context, Instruments
+from eventq.consumers.outcome import Slice
 from eventq.consumers.store import Processed, record
 from eventq.errors import Reject, RetryLater
 from eventq.schemas import Event
@@ -414,14 +414,14 @@ async def test_two_consumers_split_partitions_and_a_rebalance_loses_nothing(
 
         return app
 
-    class CountDuplicates(Hooks):
+    class CountDuplicates(Instruments):
         skipped = 0
 
-        async def after_handlers(self, topic: str, partition: int, result: SliceResult) -> None:
-            CountDuplicates.skipped += result.duplicates
+        async def after_handlers(self, sl: Slice) -> None:
+            CountDuplicates.skipped += sl.duplicates
 
-    first = Consumer(make_app("a"), settings, hooks=CountDuplicates())
-    second = Consumer(make_app("b"), settings, hooks=CountDuplicates())
+    first = Consumer(make_app("a"), settings, instruments=CountDuplicates())
+    second = Consumer(make_app("b"), settings, instruments=CountDuplicates())
     events = [order(n, key=f"c{n}") for n in range(3000)]
     run_a = asyncio.create_task(first.run())
     await publish(kafka_settings, topic, events[:1000])
@@ -547,7 +547,7 @@ async def test_a_failing_before_commit_hook_skips_that_commit_only(
     async def handle(event: Event, ctx: Context) -> None:
         pass
 
-    class FailOnce(Hooks):
+    class FailOnce(Instruments):
         failed = False
 
         async def before_commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
@@ -556,7 +556,7 @@ async def test_a_failing_before_commit_hook_skips_that_commit_only(
                 raise RuntimeError("hook failed")
 
     settings = consumer_settings(kafka_settings, database, topic)
-    await run_until_idle(app, settings, hooks=FailOnce())
+    await run_until_idle(app, settings, instruments=FailOnce())
 
     assert FailOnce.failed
     assert await committed(kafka_settings, settings.group_id or "", topic) == {0: 30}

@@ -8,8 +8,8 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from eventq.consumers.committer import Recorder
 from eventq.consumers.health import Status
+from eventq.consumers.record import Recorder
 from eventq.consumers.store import Processed
 
 if TYPE_CHECKING:
@@ -77,8 +77,8 @@ async def test_the_commit_that_succeeds_links_the_slices_it_commits(monkeypatch:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from eventq.consumers import health
-    from eventq.consumers.committer import Committer
-    from eventq.consumers.hooks import Hooks
+    from eventq.consumers.commit import Committer
+    from eventq.consumers.instruments import Traced
     from eventq.telemetry.tracing import Tracing
 
     monkeypatch.setattr(health, "_OUTAGE_BACKOFF", (0.0,))
@@ -89,7 +89,7 @@ async def test_the_commit_that_succeeds_links_the_slices_it_commits(monkeypatch:
     first, second = tracer.start_span("process a"), tracer.start_span("process b")
     tp = TopicPartition("orders", 0)
     consumer = FlakyConsumer(failures=1, partitions={tp})
-    committer = Committer(consumer, Hooks(), Status(), tracing=Tracing(provider))
+    committer = Committer(consumer, Status(), Traced(Tracing(provider), "g"))
     committer.offer(tp, 10, first.get_span_context())
     committer.offer(tp, 20, second.get_span_context())
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from eventq.consumers import ConsumerSettings
-from eventq.consumers.processor import backoff_delay
+from eventq.consumers.handle import backoff_delay
 from eventq.errors import ConfigError
 
 

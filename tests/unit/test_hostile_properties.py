@@ -21,7 +21,7 @@ from eventq.consumers.deadletter import (
     dead_letter_headers,
     fitted,
 )
-from eventq.consumers.slices import decode_items
+from eventq.consumers.decode import decode_items
 from eventq.errors import EventqError
 from eventq.schemas.envelope import DEFAULT_MAX_EVENT_BYTES, encode
 from eventq.schemas.registry import SchemaRegistry

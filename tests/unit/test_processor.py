@@ -1,4 +1,4 @@
-"""Decoding fetched records and running handlers over one partition's slice, without Kafka or PostgreSQL."""
+"""Decoding, deduping and handling one partition's slice (stages 2–4), without Kafka or PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
 from eventq.consumers import App, BatchContext, ConsumerSettings, Context
+from eventq.consumers.deadletter import DeadLetter
+from eventq.consumers.decode import decode_items
+from eventq.consumers.dedupe import mark_duplicates
+from eventq.consumers.handle import Handle
 from eventq.consumers.health import Status
-from eventq.consumers.processor import Processor
-from eventq.consumers.slices import Item, SliceResult, decode_items
+from eventq.consumers.outcome import Interrupt, Item, Slice
 from eventq.consumers.store import Processed
 from eventq.errors import InvalidEvent, Reject, RetryLater, SchemaViolation
 from eventq.schemas.envelope import DEFAULT_MAX_EVENT_BYTES, Event, encode
@@ -70,13 +73,39 @@ class ProbedPool:
         pass
 
 
+class SliceResult:
+    """What the daemon derives from a slice's outcomes: rows, dead letters, counts, the offset to commit."""
+
+    def __init__(self, sl: Slice) -> None:
+        self.rows = sl.rows
+        self.letters: list[DeadLetter] = [item.letter("billing") for item in sl.lettered]
+        self.handled = sl.handled
+        self.duplicates = sl.duplicates
+        self.next_offset = sl.next_offset
+
+
+class Processor:
+    """Stages 3 and 4 over one slice, as the daemon runs them."""
+
+    def __init__(self, handle: Handle) -> None:
+        self.handle = handle
+
+    async def run(
+        self, items: list[Item], seen: set[tuple[str, str]] | dict[tuple[str, str], str],
+        interrupt: Interrupt | None = None,
+    ) -> SliceResult:
+        mark_duplicates(items, seen if isinstance(seen, dict) else dict.fromkeys(seen, "handled"))
+        await self.handle.run(items, interrupt)
+        return SliceResult(Slice("orders", 3, items))
+
+
 def processor(app: App, pool: ProbedPool | None = None, **settings: Any) -> Processor:
     fields: dict[str, Any] = {"backoff_initial_s": 0, "backoff_jitter": 0}
     fields.update(settings)
-    return Processor(
+    return Processor(Handle(
         app=app, settings=ConsumerSettings(**fields), group="billing", producer=None,  # type: ignore[arg-type]
         pool=pool or ProbedPool(), status=Status(),
-    )
+    ))
 
 
 @pytest.fixture(autouse=True)
@@ -556,7 +585,6 @@ async def test_key_ordering_respects_max_concurrency() -> None:
 
 async def test_an_interrupt_stops_the_slice_between_events_and_points_at_the_first_unfinished() -> None:
     """After an interrupt no further handler starts; next_offset is the first record not finished."""
-    from eventq.consumers.slices import Interrupt
 
     app = App("billing")
     interrupt = Interrupt()
@@ -578,7 +606,6 @@ async def test_an_interrupt_stops_the_slice_between_events_and_points_at_the_fir
 
 async def test_an_interrupt_cuts_a_retry_backoff_short_and_leaves_the_event_unfinished() -> None:
     """A 60 s back-off ends as soon as the interrupt comes; the event gets no row and is not committed."""
-    from eventq.consumers.slices import Interrupt
 
     app = App("billing")
     interrupt = Interrupt()
