@@ -25,6 +25,9 @@ RSS is its own:
   consumer records the sampled journeys whole and the others not at all, which is how
   a busy service would run.
 
+- **eventq stages** (``eventq-stages``): the eventq scenario with each stage timed
+  (``StageClock``): the profile behind the ratios, in µs per event.
+
 - **faststream**: a FastStream batch subscriber (``max_records=500``,
   ``AckPolicy.ACK``, pydantic bodies) with a hand-written dedupe, one SELECT and one
   INSERT per batch into a table of its own; what it does and does not do next to
@@ -77,7 +80,7 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 
 from eventq.cli import tune_gc_for_daemon  # noqa: E402
 from eventq.config import KafkaSettings  # noqa: E402
-from eventq.consumers import App, Consumer, ConsumerSettings  # noqa: E402
+from eventq.consumers import App, Consumer, ConsumerSettings, Instruments  # noqa: E402
 from eventq.consumers.store import migrate  # noqa: E402
 from eventq.database import DEFAULT_DATABASE_URL, DatabaseSettings  # noqa: E402
 from eventq.kafka import create_topics  # noqa: E402
@@ -94,6 +97,7 @@ NAIVE_MAX = 3_000
 SCENARIOS = {
     "raw": "raw aiokafka", "naive": "naive consumer", "eventq": "eventq", "eventq-key": "eventq ordering=key",
     "eventq-traced": "eventq tracing on",
+    "eventq-stages": "eventq, stages timed",
     "eventq-traced-10": "eventq traced 10%",
     "faststream": "FastStream batch",
     "cli-1": "eventq consume",
@@ -135,6 +139,7 @@ class Clock:
         self.start = time.perf_counter()
         self.first = self.last = 0.0
         self.count = 0
+        self.stages: dict[str, float] = {}
 
     def tick(self) -> None:
         self.count += 1
@@ -204,10 +209,70 @@ async def run_eventq(args: argparse.Namespace, group: str, clock: Clock) -> int:
     )
     provider = traced_provider() if args.scenario in ("eventq-traced", "eventq-traced-10") else None
     tune_gc_for_daemon()  # as `eventq consume` does
-    await Consumer(app, settings, telemetry=Telemetry(tracer_provider=provider)).run(until_idle=True)
+    stages = StageClock() if args.scenario == "eventq-stages" else None
+    await Consumer(app, settings, telemetry=Telemetry(tracer_provider=provider), instruments=stages).run(
+        until_idle=True
+    )
+    if stages is not None:
+        clock.stages = stages.microseconds(clock.count)
     if provider is not None:
         provider.shutdown()
     return clock.count
+
+
+class StageClock(Instruments):
+    """Wall time per stage, through the instruments seam plus timers around the stage functions.
+
+    decode and dedupe marking and handle run on the event loop without waiting (a no-op
+    handler), so their time is CPU; the dedupe query, record and commit wait on
+    PostgreSQL and the broker, overlapping other partitions' work (the pipeline), so
+    their sums can exceed the run's wall time.
+    """
+
+    def __init__(self) -> None:
+        import eventq.consumers.daemon as daemon
+        from eventq.consumers import commit, store
+
+        self.totals: dict[str, float] = dict.fromkeys(
+            ("decode", "dedupe query", "handle", "dead-letter+record", "commit"), 0.0
+        )
+        self._marks: dict[int, float] = {}
+
+        def timed_sync(name: str, func: Any) -> Any:
+            def wrapper(*a: Any, **k: Any) -> Any:
+                t = time.perf_counter()
+                try:
+                    return func(*a, **k)
+                finally:
+                    self.totals[name] += time.perf_counter() - t
+            return wrapper
+
+        def timed_async(name: str, func: Any) -> Any:
+            async def wrapper(*a: Any, **k: Any) -> Any:
+                t = time.perf_counter()
+                try:
+                    return await func(*a, **k)
+                finally:
+                    self.totals[name] += time.perf_counter() - t
+            return wrapper
+
+        setattr(daemon, "decode_items", timed_sync("decode", getattr(daemon, "decode_items")))  # noqa: B009, B010
+        setattr(store, "finished", timed_async("dedupe query", store.finished))  # noqa: B010
+        commit.Committer._commit = timed_async("commit", commit.Committer._commit)  # type: ignore[method-assign]
+
+    def slice_started(self, sl: Any) -> None:
+        self._marks[id(sl)] = time.perf_counter()
+
+    async def after_handlers(self, sl: Any) -> None:
+        now = time.perf_counter()
+        self.totals["handle"] += now - self._marks[id(sl)]
+        self._marks[id(sl)] = now
+
+    async def after_record(self, sl: Any) -> None:
+        self.totals["dead-letter+record"] += time.perf_counter() - self._marks.pop(id(sl))
+
+    def microseconds(self, events: int) -> dict[str, float]:
+        return {name: total * 1e6 / max(1, events) for name, total in self.totals.items()}
 
 
 def traced_provider(ratio: float | None = None) -> TracerProvider:
@@ -250,6 +315,8 @@ async def child(args: argparse.Namespace) -> int:
         "to_first_s": clock.first - clock.start,
         "rss_mib": peak_rss_mib(),
     }
+    if clock.stages:
+        result["stages_us"] = clock.stages
     print(json.dumps(result), flush=True)
     if n != args.events or rows not in (None, n):
         print(f"{args.scenario}: consumed {n} of {args.events} events, {rows} rows recorded", file=sys.stderr)
@@ -306,8 +373,10 @@ def run_scenario(args: argparse.Namespace, scenario: str, topic: str, database_u
 
         return workers.run_cli(args, scenario, topic, database_url)
     events = min(args.events, NAIVE_MAX) if scenario == "naive" else args.events
+    profile = f"/tmp/eventq-bench-{scenario}.prof" if scenario in (args.profile or "").split(",") else None
     command = [
-        sys.executable, __file__, "--scenario", scenario, "--topic", topic, "--events", str(events),
+        sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), __file__,
+        "--scenario", scenario, "--topic", topic, "--events", str(events),
         "--database-url", database_url, "--bootstrap-servers", args.bootstrap_servers,
     ]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=1800)
@@ -316,6 +385,11 @@ def run_scenario(args: argparse.Namespace, scenario: str, topic: str, database_u
         raise RuntimeError(f"scenario {scenario} failed (exit {done.returncode}) without a result")
     result: dict[str, Any] = json.loads(lines[-1])
     result["failed"] = done.returncode != 0
+    if profile:
+        import pstats
+
+        print(f"-- profile of {scenario} (cProfile, top 30 by own time; {profile}):")
+        pstats.Stats(profile).sort_stats("tottime").print_stats(30)
     return result
 
 
@@ -362,6 +436,13 @@ def report(results: dict[str, list[dict[str, Any]]]) -> int:
             print(f"  {SCENARIOS[scenario]:<20} {kind:<6} {rate:>8,.0f} events/s: "
                   f"{'met' if rate >= GOAL_RATE else 'not met'}; {ratio:.2f}x raw: "
                   f"{'met' if ratio >= GOAL_RATIO else 'not met'}")
+    if "eventq-stages" in results:
+        rs = results["eventq-stages"]
+        print("where an eventq event's time goes (wall µs per event per stage, median of rounds; "
+              "handle includes the dedupe marking):")
+        for name in rs[0].get("stages_us", {}):
+            print(f"  {name:<20} {statistics.median(r['stages_us'][name] for r in rs):>7.1f}")
+        print(f"  {'(whole run, steady)':<20} {1e6 / median['eventq-stages']['steady']:>7.1f}")
     failed = [s for s, rs in results.items() if any(r["failed"] for r in rs)]
     if failed:
         print(f"FAILED (events consumed or processed_events rows != events): {', '.join(failed)}")
@@ -412,6 +493,7 @@ def main() -> int:
     parser.add_argument("--bootstrap-servers", default=os.environ.get("EVENTQ_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     parser.add_argument("--scenarios", default="",
                         help=f"comma-separated, run in this file's order (default: all): {', '.join(SCENARIOS)}")
+    parser.add_argument("--profile", default="", help="comma-separated scenarios to run under cProfile (printed)")
     parser.add_argument("--scenario", choices=list(SCENARIOS), help=argparse.SUPPRESS)  # child process only
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)

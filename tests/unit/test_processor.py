@@ -205,6 +205,29 @@ async def test_handler_failing_while_the_database_is_down_uses_up_no_attempt() -
     assert result.rows == [Processed(event.id, "orders", 3, 100, "handled", event.source)]
 
 
+async def test_batch_handler_failing_while_the_database_is_down_reruns_only_the_failed_events_uncounted() -> None:
+    """A batch handler's outage failures rerun the same attempt for those events only; the rest are handled once."""
+    app = App("billing")
+    pool = ProbedPool(answers=False)
+    calls: list[tuple[int, int]] = []  # (attempt, events in the call)
+
+    @app.batch_handler(CREATED, max_attempts=2)
+    async def writes(events: list[Event], ctx: BatchContext) -> dict[str, Exception]:
+        calls.append((ctx.attempt, len(events)))
+        if len(calls) == 2:
+            pool.answers = True
+        if len(calls) <= 2:
+            return {events[-1].id: ConnectionRefusedError("database down")}
+        return {}
+
+    first, second = order(), order()
+    result = await processor(app, pool).run(items_of(app, first, second), set())
+
+    # an outage at attempt 1 (rerun, uncounted), then attempt 1 failed for real, and attempt 2 succeeded
+    assert calls == [(1, 2), (1, 1), (2, 1)]
+    assert rows(result) == [(first.id, 100, "handled"), (second.id, 101, "handled")]
+
+
 async def test_handler_connection_error_with_a_busy_pool_counts_as_an_attempt() -> None:
     """A pool with no free connection counts as answering: the handler's own connection errors use up attempts."""
     app = App("billing")
