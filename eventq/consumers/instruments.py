@@ -225,6 +225,9 @@ class Traced(Instruments):
     def __init__(self, tracing: tr.Tracing, group: str) -> None:
         self.tracing = tracing
         self.group = group
+        # An event published in an unsampled trace gets no handle span: the sampler would drop it.
+        # Its handler still runs inside the creation context, so follow-ups stay in that (unsampled) trace.
+        self._skip_unsampled = tracing.drops_unsampled_remote_parents()
 
     # -- slices ------------------------------------------------------------------------
 
@@ -263,6 +266,9 @@ class Traced(Instruments):
         event = item.event
         if event is None or item.trace is not None:
             return
+        parent = item.parent
+        if self._skip_unsampled and parent is not None and not tr.span_context_of(parent).trace_flags.sampled:
+            return
         handler = item.handler
         process: Span | None = None
         # (The slice's process span is the one active while the stage runs.)
@@ -276,7 +282,9 @@ class Traced(Instruments):
 
     def activate(self, item: Item) -> Any:
         span = item.trace
-        return otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
+        if span is not None:
+            return otel_context.attach(trace.set_span_in_context(span))
+        return otel_context.attach(item.parent) if item.parent is not None else None
 
     def attempt_failed(
         self, item: Item, error: BaseException, attempt: int, delay_s: float | None, retry_topic: str | None = None,
@@ -312,12 +320,19 @@ class Traced(Instruments):
     # -- dead letters --------------------------------------------------------------------
 
     def letter_sending(self, item: Item | None, sl: Slice, topic: str) -> tuple[list[tuple[str, bytes]], Any]:
-        # The handle span that dead-lettered the event; without one (an undecodable record), the slice's.
-        parent: Span | None = (item.trace if item is not None else None) or sl.trace
+        # The handle span that dead-lettered the event; in an unsampled trace, its creation context;
+        # without either (an undecodable record), the slice's process span.
+        parent: SpanContext | None = None
+        if item is not None and item.trace is not None:
+            parent = item.trace.get_span_context()
+        elif item is not None and item.parent is not None and self._skip_unsampled:
+            parent = tr.span_context_of(item.parent)
+        elif sl.trace is not None:
+            parent = sl.trace.get_span_context()
         if parent is None:
             return [], None
         reason = item.failure.reason if item is not None and item.failure is not None else ""
-        span = self.tracing.dead_letter(topic, parent.get_span_context(), reason)
+        span = self.tracing.dead_letter(topic, parent, reason)
         traceparent = tr.traceparent_of(span)
         return ([(DLT_TRACEPARENT, traceparent.encode())] if traceparent is not None else []), span
 

@@ -183,6 +183,16 @@ class Tracing:
         provider = self._explicit or trace.get_tracer_provider()
         return not isinstance(provider, trace.NoOpTracerProvider | trace.ProxyTracerProvider)
 
+    def drops_unsampled_remote_parents(self) -> bool:
+        """True if the SDK sampler is parent-based and never records a child of an unsampled remote parent
+        (OpenTelemetry's default sampler): a consumer need not start spans it would drop anyway."""
+        from opentelemetry.sdk.trace import sampling
+
+        sampler = getattr(self._tracer, "sampler", None)
+        return isinstance(sampler, sampling.ParentBased) and (
+            getattr(sampler, "_remote_parent_not_sampled", None) is sampling.ALWAYS_OFF
+        )
+
     # -- producing ---------------------------------------------------------------
 
     def send(self, topic: str, event: Event) -> Span:

@@ -136,6 +136,44 @@ async def test_publish_handle_and_follow_up_share_one_trace_with_the_right_paren
     assert any(ids(process) in linked(commit) for commit in traces.named("commit"))
 
 
+async def test_an_event_published_in_an_unsampled_trace_is_handled_without_spans_and_its_follow_up_stays_unsampled(
+    kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory, traces: Traces
+) -> None:
+    """Under a parent-based sampler an unsampled event records no handle span; its follow-up stays unsampled."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    topic = await new_topic(partitions=1)
+    app = App("t", topics=[topic])
+    seen: dict[str, str | None] = {}
+
+    @app.handler(ORDER)
+    async def charge(event: Event, ctx: Context) -> None:
+        seen["first"] = event.traceparent
+        paid = Event(type=PAID, source="tests", key=event.key, data={"order_id": "o-1", "amount_cents": 5})
+        await ctx.publish(paid, topic=ctx.topic)
+
+    @app.handler(PAID)
+    async def note(event: Event, ctx: Context) -> None:
+        seen["follow-up"] = event.traceparent
+
+    unsampled = TracerProvider(sampler=ALWAYS_OFF)  # a publisher that sampled this trace out
+    first = order(1, key="customer-7")
+    async with Producer(
+        ProducerSettings(kafka=kafka_settings, schemas=DEMO_SCHEMAS), telemetry=Telemetry(tracer_provider=unsampled)
+    ) as producer:
+        await producer.publish(first, topic=topic)
+    settings = consumer_settings(kafka_settings, database, topic)
+    await run_until_idle(app, settings, telemetry=traces.telemetry)
+
+    assert traces.named(f"handle {ORDER}") == [] and traces.named(f"handle {PAID}") == []
+    assert traces.named(f"send {topic}") == []  # the follow-up's send is a child of the unsampled handling
+    first_tp, follow_tp = seen["first"], seen["follow-up"]
+    assert first_tp is not None and follow_tp is not None
+    assert not int(first_tp[-2:], 16) & 1 and not int(follow_tp[-2:], 16) & 1  # unsampled, both
+    assert follow_tp.split("-")[1] == first_tp.split("-")[1]  # one trace id
+    assert sorted(r["outcome"] for r in await rows(database, settings.group_id or "")) == ["handled", "handled"]
+
+
 async def test_a_batch_span_links_every_event_and_each_handle_span_continues_its_event(
     kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory, traces: Traces
 ) -> None:
