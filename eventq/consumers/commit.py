@@ -1,7 +1,8 @@
 """Stage 7 of 7 — commit: commit each partition's offset once everything before it is finished.
 
 One committer task commits the latest offered offset of every partition in one
-``commit()`` call, and only offsets of partitions still assigned. Broker outages are
+``commit()`` call (at most one every :data:`COMMIT_SPACING_S`), and only offsets of
+partitions still assigned. Broker outages are
 waited out; a commit the group refuses (the partition moved) is dropped, since the
 new owner resumes from the last commit and skips what was recorded.
 """
@@ -19,6 +20,8 @@ from eventq.consumers.health import Status
 from eventq.consumers.instruments import Instruments
 
 log = structlog.get_logger("eventq.consumer")
+
+COMMIT_SPACING_S = 0.05  # between the background committer's commits (revocation and shutdown commit at once)
 
 
 class Committer:
@@ -73,6 +76,9 @@ class Committer:
                 await self.commit_now()
             except Exception as exc:  # a failing before_commit crash point: this commit is skipped, later ones go on
                 log.error("consumer.commit_skipped", error_type=type(exc).__name__, error=str(exc))
+            # Offers made meanwhile go into the next commit: at most one commit per spacing, however
+            # small the slices (at low rates a slice is one event, and a commit costs a round trip).
+            await asyncio.sleep(COMMIT_SPACING_S)
 
     async def commit_now(self, only: set[TopicPartition] | None = None) -> None:
         """Commit pending offsets (of ``only``, if given); waits out broker outages."""

@@ -38,7 +38,7 @@ from aiokafka import errors as ke
 from eventq.consumers import store
 from eventq.consumers.app import App
 from eventq.consumers.commit import Committer
-from eventq.consumers.deadletter import HEADROOM_BYTES, DeadLetterSink, dead_letter_headers
+from eventq.consumers.deadletter import DeadLetterSink, dead_letter_headers
 from eventq.consumers.decode import decode_items
 from eventq.consumers.dedupe import InFlight, identities, mark_duplicates
 from eventq.consumers.fetch import Fetcher, Lane, Lanes
@@ -48,10 +48,11 @@ from eventq.consumers.instruments import Chain, Instruments, Measured, Traced
 from eventq.consumers.outcome import Slice
 from eventq.consumers.probes import DatabaseProbe, Prober
 from eventq.consumers.record import Recorder
-from eventq.consumers.retrytopics import origin_of, retry_topic
+from eventq.consumers.retrytopics import origin_of
 from eventq.consumers.settings import ConsumerSettings
+from eventq.consumers.topics import provision_derived_topics
 from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
-from eventq.kafka import check_group_access, create_topics, explain, max_message_bytes, topic_shapes
+from eventq.kafka import check_group_access, explain
 from eventq.kafka import consumer as kafka_consumer
 from eventq.producers.producer import Producer
 from eventq.schemas.registry import SchemaRegistry
@@ -241,39 +242,7 @@ class Consumer:
                 f"topic(s) {', '.join(missing)} do not exist; create them (eventq topics create "
                 f"{' '.join(missing)})"
             )
-        # derived topic -> the source topic it serves (for its partition count and replication)
-        derived = {s.dead_letter_topic_for(t): t for t in self.topics}
-        retry_handlers = [h for h in self.app.handlers.values() if h.retry_topics]
-        levels = max(((h.max_attempts or s.max_attempts) - 1 for h in retry_handlers), default=0)
-        retry_names = {retry_topic(t, n): t for t in self.topics for n in range(1, levels + 1)}
-        derived.update(retry_names)
-        missing_derived = sorted(set(derived) - existing)
-        if missing_derived and not s.create_topics:
-            raise ConsumerError(
-                f"topic(s) {', '.join(missing_derived)} do not exist; create them (eventq topics create "
-                f"{' '.join(missing_derived)}) or allow EVENTQ_CREATE_TOPICS"
-            )
-        shapes = await topic_shapes(s.kafka, set(derived.values())) if missing_derived else {}
-        limits = await max_message_bytes(s.kafka, [*self.topics, *derived])
-        for name in missing_derived:
-            # The source's shape: as many partitions, and as many replicas (so a dead-letter
-            # topic is not the one topic lost with a single broker); and room for any
-            # source record plus eventq's headers, so every letter fits.
-            partitions, replication = shapes.get(derived[name], (1, 1))
-            config = {}
-            if derived[name] in limits:
-                config["max.message.bytes"] = str(limits[derived[name]] + HEADROOM_BYTES)
-            try:
-                await create_topics(
-                    s.kafka, [name], partitions=partitions, replication_factor=replication, config=config
-                )
-            except EventqError as exc:
-                raise ConsumerError(f"cannot create topic {name!r}: {getattr(exc, 'reason', exc)}") from exc
-            log.info("consumer.topic_created", topic=name, partitions=partitions, replication_factor=replication,
-                     **config)
-        self._sink.limits = await max_message_bytes(s.kafka, derived) if missing_derived else {
-            name: limit for name, limit in limits.items() if name in derived
-        }
+        retry_names, self._sink.limits = await provision_derived_topics(s, self.app, self.topics, existing)
         self._retry_topics = frozenset(retry_names)
         await self._sink.start()
         await self._producer.start()
