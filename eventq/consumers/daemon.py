@@ -40,7 +40,7 @@ from eventq.consumers.app import App
 from eventq.consumers.commit import Committer
 from eventq.consumers.deadletter import DeadLetterSink, dead_letter_headers
 from eventq.consumers.decode import decode_items
-from eventq.consumers.dedupe import InFlight, identities, mark_duplicates
+from eventq.consumers.dedupe import InFlight, Lookups, identities, mark_duplicates
 from eventq.consumers.fetch import Fetcher, Lane, Lanes
 from eventq.consumers.handle import Handle
 from eventq.consumers.health import HealthServer, Status, with_database
@@ -115,6 +115,7 @@ class Consumer:
         self._handle: Handle | None = None
         self._lanes = Lanes()
         self._in_flight = InFlight()
+        self._lookups = Lookups(self._dedupe)
         self._committer: Committer | None = None
         self._recorder: Recorder | None = None
         self._fetcher: Fetcher | None = None
@@ -287,6 +288,7 @@ class Consumer:
                 yield tp.topic, tp.partition, max(0, end - done)
 
     async def _close_clients(self) -> None:
+        await self._lookups.stop()
         if self._committer is not None:
             await self._committer.stop()
         if self._recorder is not None:
@@ -345,7 +347,7 @@ class Consumer:
             slices.append((lane, Slice(tp.topic, tp.partition, items)))
             ids.extend(identities(items))
         unwritten = self._in_flight.snapshot(ids)  # taken as the query goes out (see eventq.consumers.dedupe)
-        seen = asyncio.create_task(self._dedupe(ids))
+        seen = asyncio.create_task(self._lookups.finished(ids))
         for lane, sl in slices:
             lane.unsettled += 1
             lane.handling = asyncio.create_task(

@@ -13,7 +13,8 @@ a duplicate: replaying it is asking for it to run again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from eventq.consumers import store
 from eventq.consumers.outcome import DEAD_LETTERED, DUPLICATE, Item
@@ -51,6 +52,54 @@ class InFlight:
 
     def __len__(self) -> int:
         return len(self._outcomes)
+
+
+class Lookups:
+    """The batches' dedupe queries, one in flight at a time: lookups asked meanwhile share the next query.
+
+    At high rates one fetched batch is one query anyway; at low rates, where every fetch
+    holds an event or two, this keeps the queries per second bounded by their round trip
+    instead of by the event rate. Each caller gets the rows of the query its ids were in
+    (a superset of its own: lookups are by identity).
+    """
+
+    def __init__(self, query: Callable[[list[store.Identity]], Awaitable[dict[store.Identity, str]]]) -> None:
+        self._query = query
+        self._waiting: list[tuple[list[store.Identity], asyncio.Future[dict[store.Identity, str]]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def finished(self, ids: list[store.Identity]) -> dict[store.Identity, str]:
+        if not ids:
+            return {}
+        waiter: asyncio.Future[dict[store.Identity, str]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((ids, waiter))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="eventq-dedupe")
+        return await waiter
+
+    async def _run(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                found = await self._query([identity for ids, _ in batch for identity in ids])
+            except BaseException as exc:
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_result(found)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:  # (a query's own errors went to its waiters)
+                pass
 
 
 def identities(items: Iterable[Item]) -> list[store.Identity]:
