@@ -276,20 +276,11 @@ class Handle:
         if handler.batch:
             yield
             return
-        event, record = item.event, item.record
-        assert event is not None
-        ins = self.instruments
-        active = ins.activate(item) if ins.per_event else None
-        work = enter_work(Context(
-            event, record.offset, record.topic, record.partition, self.group, handler.name, attempt, self.pool,
-            self.producer,
-        ))
+        _, entered = _enter(self, item, attempt)
         try:
             yield
         finally:
-            exit_work(work)
-            if active is not None:
-                ins.deactivate(active)
+            _leave(self, entered)
 
     def _one_failed(
         self, item: Item, handler: Handler, error: Exception, attempt: int, limit: int,
@@ -396,12 +387,9 @@ class Handle:
 # -- strategies ----------------------------------------------------------------------
 
 
-async def _plain(stage: Handle, pending: list[Item], attempt: int) -> list[Exception | None] | None:
-    """One call of a plain handler (the common case, kept lean: most of a no-op handler's cost)."""
-    item = pending[0]
-    event = item.event
-    record = item.record
-    handler = item.handler
+def _enter(stage: Handle, item: Item, attempt: int) -> tuple[Context, tuple[Any, Any, Any]]:
+    """The event's context, made current: its span (if traced), its correlation, its log fields."""
+    event, record, handler = item.event, item.record, item.handler
     assert event is not None and handler is not None
     ctx = Context(
         event, record.offset, record.topic, record.partition, stage.group, handler.name, attempt, stage.pool,
@@ -409,17 +397,29 @@ async def _plain(stage: Handle, pending: list[Item], attempt: int) -> list[Excep
     )
     ins = stage.instruments
     active = ins.activate(item) if ins.per_event else None
-    cause = enter_cause(event.id, event.correlation_id or event.id)
-    work = enter_work(ctx)
+    return ctx, (active, enter_cause(event.id, event.correlation_id or event.id), enter_work(ctx))
+
+
+def _leave(stage: Handle, entered: tuple[Any, Any, Any]) -> None:
+    active, cause, work = entered
+    exit_work(work)
+    exit_cause(cause)
+    if active is not None:
+        stage.instruments.deactivate(active)
+
+
+async def _plain(stage: Handle, pending: list[Item], attempt: int) -> list[Exception | None] | None:
+    """One call of a plain handler (the common case, kept lean: most of a no-op handler's cost)."""
+    item = pending[0]
+    ctx, entered = _enter(stage, item, attempt)
+    event, handler = ctx.event, item.handler
+    assert handler is not None
     try:
         await handler.func(event, ctx)
     except Exception as exc:
         return [exc]
     finally:
-        exit_work(work)
-        exit_cause(cause)
-        if active is not None:
-            ins.deactivate(active)
+        _leave(stage, entered)
     return None
 
 
@@ -431,18 +431,9 @@ async def _transactional(stage: Handle, pending: list[Item], attempt: int) -> li
     database outage.
     """
     item = pending[0]
-    event = item.event
-    record = item.record
-    handler = item.handler
-    assert event is not None and handler is not None
-    ctx = Context(
-        event, record.offset, record.topic, record.partition, stage.group, handler.name, attempt, stage.pool,
-        stage.producer,
-    )
-    ins = stage.instruments
-    active = ins.activate(item) if ins.per_event else None
-    cause = enter_cause(event.id, event.correlation_id or event.id)
-    work = enter_work(ctx)
+    ctx, entered = _enter(stage, item, attempt)
+    event, handler = ctx.event, item.handler
+    assert handler is not None
     try:
         try:
             conn = await stage.pool.acquire()
@@ -454,7 +445,7 @@ async def _transactional(stage: Handle, pending: list[Item], attempt: int) -> li
                 await transaction.start()
                 claimed = await store.claim(
                     conn, stage.group,
-                    store.Processed(event.id, record.topic, record.partition, record.offset, source=event.source),
+                    store.Processed(event.id, ctx.topic, ctx.partition, ctx.offset, source=event.source),
                 )
             except Exception as exc:
                 return [DatabaseStep(exc)]
@@ -481,10 +472,7 @@ async def _transactional(stage: Handle, pending: list[Item], attempt: int) -> li
         finally:
             await stage.pool.release(conn)
     finally:
-        exit_work(work)
-        exit_cause(cause)
-        if active is not None:
-            ins.deactivate(active)
+        _leave(stage, entered)
 
 
 async def _batch(stage: Handle, pending: list[Item], attempt: int) -> list[Exception | None] | None:
