@@ -53,8 +53,8 @@ async def main() -> None:
     crash = os.environ.get("FAULT_CRASH")
     crash_log = os.environ.get("FAULT_CRASH_LOG")
     app = build_app(settings.group_id, settings.topics[0], Path(fix) if fix else None)
-    hooks = CrashAt(crash, Path(crash_log) if crash_log else None) if crash else None
-    daemon = Consumer(app, settings, instruments=hooks)
+    crash_points = CrashAt(crash, Path(crash_log) if crash_log else None) if crash else None
+    daemon = Consumer(app, settings, instruments=crash_points)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop)
