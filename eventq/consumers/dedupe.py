@@ -50,9 +50,6 @@ class InFlight:
         get = self._outcomes.get
         return {identity: outcome for identity in identities if (outcome := get(identity)) is not None}
 
-    def __len__(self) -> int:
-        return len(self._outcomes)
-
 
 class Lookups:
     """The batches' dedupe queries, one in flight at a time: lookups asked meanwhile share the next query.

@@ -71,9 +71,6 @@ class Lanes(dict[TopicPartition, Lane]):
             lane = self[tp] = Lane()
         return lane
 
-    def busy(self) -> bool:
-        return any(not lane.free or lane.tasks() for lane in self.values())
-
     def working(self) -> bool:
         return any(lane.tasks() for lane in self.values())
 

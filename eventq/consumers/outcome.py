@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -154,9 +153,6 @@ class Slice:
     @property
     def retries(self) -> int:
         return sum(item.retries for item in self.items)
-
-    def outcomes(self) -> Counter[str | None]:
-        return Counter(item.outcome for item in self.items)
 
 
 class Interrupt:

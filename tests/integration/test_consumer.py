@@ -396,6 +396,29 @@ async def test_stop_finishes_in_flight_work_commits_and_leaves(
     assert sum(offsets.values()) == len(handled)  # committed exactly what was handled, nothing beyond
 
 
+async def test_a_duplicate_fetched_while_its_first_copy_is_being_recorded_still_skips_its_handler(
+    kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory
+) -> None:
+    """Pipelined slices of one record each: a copy right behind its original runs no handler, recorded or not."""
+    topic = await new_topic(partitions=1)
+    events = [order(n, key="k") for n in range(150)]
+    await publish(kafka_settings, topic, [e for event in events for e in (event, event)])  # each twice, adjacent
+    app = App("t", topics=[topic])
+    runs: Counter[str] = Counter()
+
+    @app.handler(ORDER)
+    async def handle(event: Event, ctx: Context) -> None:
+        runs[event.id] += 1
+
+    # One record per slice: each copy is fetched while its original's row is being written.
+    settings = consumer_settings(kafka_settings, database, topic, max_batch_size=1)
+    await run_until_idle(app, settings)
+
+    assert runs == Counter({event.id: 1 for event in events})
+    assert len(await rows(database, settings.group_id or "")) == 150
+    assert await committed(kafka_settings, settings.group_id or "", topic) == {0: 300}
+
+
 async def test_two_consumers_split_partitions_and_a_rebalance_loses_nothing(
     kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory
 ) -> None:
