@@ -461,10 +461,11 @@ class Consumer:
             self._apply_rewind(lane, tp)
 
     def _apply_rewind(self, lane: Lane, tp: TopicPartition, late: bool = False) -> None:
+        """Seek to the lane's rewind offset now, or once its handling task ends; ``late``: tell the fetcher."""
         if lane.rewind is None:
             return
         if lane.handling is not None and lane.handling is not asyncio.current_task() and not lane.handling.done():
-            lane.handling.add_done_callback(lambda _: self._apply_rewind(lane, tp))
+            lane.handling.add_done_callback(lambda _: self._apply_rewind(lane, tp, True))
             return
         consumer = self._consumer
         if consumer is not None and tp in consumer.assignment() and not self._stopping.is_set():
