@@ -51,7 +51,6 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as ke
-from opentelemetry.trace import SpanContext
 
 from eventq.config import KafkaSettings
 from eventq.errors import EventqError, MessageTooLarge, PublishTimeout
@@ -149,7 +148,6 @@ class DeadLetter:
     headers: Sequence[tuple[str, bytes]]
     group: str
     failure: Failure
-    span: SpanContext | None = None  # the span that failed the event: parent of the dead letter's send span
 
 
 def _clip(text: str, limit: int, *, tail: bool = False) -> bytes:

@@ -64,10 +64,6 @@ class Item:
         self.trace: Any = None  # owned by the instruments (the ``handle`` span)
 
     @property
-    def done(self) -> bool:
-        return self.outcome is not None
-
-    @property
     def position(self) -> tuple[str, int, int, int]:
         """(topic, partition, offset, timestamp) of the source record (the first one, for a retry)."""
         o = self.origin
@@ -95,7 +91,7 @@ class Item:
             headers = original_headers(headers)
         return DeadLetter(
             topic=topic, partition=partition, offset=offset, timestamp=timestamp, key=r.key, value=r.value,
-            headers=headers, group=group, failure=self.failure, span=None,
+            headers=headers, group=group, failure=self.failure,
         )
 
 
