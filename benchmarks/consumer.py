@@ -81,9 +81,9 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from eventq.cli import tune_gc_for_daemon  # noqa: E402
 from eventq.config import KafkaSettings  # noqa: E402
 from eventq.consumers import App, Consumer, ConsumerSettings, Instruments  # noqa: E402
-from eventq.consumers.store import migrate  # noqa: E402
 from eventq.database import DEFAULT_DATABASE_URL, DatabaseSettings  # noqa: E402
 from eventq.kafka import create_topics  # noqa: E402
+from eventq.migrations import migrate  # noqa: E402
 from eventq.producers import Producer, ProducerSettings  # noqa: E402
 from eventq.schemas import Event  # noqa: E402
 from eventq.schemas.envelope import decode  # noqa: E402

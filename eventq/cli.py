@@ -43,6 +43,8 @@ from eventq.database import connect
 from eventq.dlq.commands import dlq
 from eventq.errors import EventqError
 from eventq.kafka import create_topics
+from eventq.migrations import migrate as migrate_database
+from eventq.outbox.commands import outbox
 from eventq.producers import Producer, ProducerSettings
 from eventq.producers.settings import PRODUCER
 from eventq.schemas import Event
@@ -114,6 +116,7 @@ def dev_commands() -> tuple[click.Command, ...]:
 for _command in dev_commands():
     main.add_command(_command)
 main.add_command(dlq)
+main.add_command(outbox)
 
 
 @main.command()
@@ -227,7 +230,7 @@ def db_migrate(database_url: str | None) -> None:
     async def go() -> list[int]:
         conn = await connect(db_settings)
         try:
-            return await store.migrate(conn)
+            return await migrate_database(conn)
         finally:
             await conn.close()
 
@@ -350,7 +353,7 @@ def consume(
         if migrate:
             conn = await connect(consumer_settings.database)
             try:
-                await store.migrate(conn)
+                await migrate_database(conn)
             finally:
                 await conn.close()
         loop = asyncio.get_running_loop()

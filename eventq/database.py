@@ -86,14 +86,15 @@ DATABASE = table(
 """The database variables, one record per field of :class:`DatabaseSettings`."""
 
 
-async def connect(settings: DatabaseSettings) -> asyncpg.Connection:
-    """One connection; raises DatabaseUnavailable (retriable) if PostgreSQL does not answer.
+async def connect(settings: DatabaseSettings, server_settings: dict[str, str] | None = None) -> asyncpg.Connection:
+    """One connection (with these session settings); raises DatabaseUnavailable (retriable) if PostgreSQL
+    does not answer.
 
     Whatever asyncpg raises is translated here, with the URL redacted: a URL it cannot use
     becomes ConfigError naming EVENTQ_DATABASE_URL.
     """
     try:
-        return await asyncpg.connect(settings.url, timeout=settings.connect_timeout_s)
+        return await asyncpg.connect(settings.url, timeout=settings.connect_timeout_s, server_settings=server_settings)
     except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
         raise DatabaseUnavailable(settings.safe_url, redact(f"{type(exc).__name__}: {exc}")) from exc
     except asyncpg.PostgresError as exc:

@@ -18,6 +18,7 @@
     │   └── MessageTooLarge          the broker refused the record's size
     ├── DatabaseUnavailable          PostgreSQL did not answer or refused the connection
     ├── ConsumerError                a consumer daemon cannot start (broker, topics, tables)
+    ├── RelayError                   an outbox relay cannot start (no outbox table)
     ├── HandlerOutcome               raised by a handler to steer its event
     │   ├── RetryLater               try again after ``delay_s`` (counts as an attempt)
     │   └── Reject                   dead-letter now, no more attempts
@@ -146,6 +147,10 @@ class ConsumerError(EventqError):
         super().__init__(reason)
         self.reason = reason
         self.retriable = retriable
+
+
+class RelayError(EventqError):
+    """An outbox relay cannot start or go on for a reason waiting will not fix."""
 
 
 class HandlerOutcome(EventqError):

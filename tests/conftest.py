@@ -187,7 +187,7 @@ async def create_database(admin: Any, base_url: str, name: str) -> str:
     eventq's migrations to it, and return its URL."""
     import asyncpg
 
-    from eventq.consumers.store import migrate
+    from eventq.migrations import migrate
 
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = base_url.rsplit("/", 1)[0] + "/" + name

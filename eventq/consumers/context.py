@@ -5,6 +5,11 @@
 correlation id and, as causation id, the handled event's id (the daemon runs every
 handler inside :func:`~eventq.schemas.correlation.caused_by`).
 
+Inside a ``transactional=True`` handler, ``ctx.publish`` adds the follow-up to the
+transactional outbox (:mod:`eventq.outbox`) in the handler's transaction instead: the
+handler's writes, its ``processed_events`` row and its follow-ups commit together or
+not at all, and the outbox relay publishes them once committed.
+
 ``ctx.db`` is a PostgreSQL connection: for a ``transactional=True`` handler it is
 inside the transaction that also records the event, so its writes happen exactly
 once; for other handlers it is the daemon's connection pool (``await
@@ -17,12 +22,13 @@ from typing import Any
 
 import structlog
 
+from eventq.outbox.writer import Added, Outbox
 from eventq.producers.producer import Producer, Published
 from eventq.schemas.envelope import Event
 
 
 class _Base:
-    __slots__ = ("topic", "partition", "group", "handler", "attempt", "db", "_producer", "_log")
+    __slots__ = ("topic", "partition", "group", "handler", "attempt", "db", "_producer", "_log", "_outbox")
 
     def __init__(
         self, topic: str, partition: int, group: str, handler: str, attempt: int, db: Any, producer: Producer
@@ -35,14 +41,23 @@ class _Base:
         self.db = db
         self._producer = producer
         self._log: Any = None
+        self._outbox: Outbox | None = None
 
-    async def publish(self, event: Event, *, topic: str | None = None) -> Published:
-        """Publish a follow-up event and wait for the broker's acknowledgement.
+    async def publish(self, event: Event, *, topic: str | None = None) -> Published | Added:
+        """Publish a follow-up event.
 
-        Raises like :meth:`Producer.publish`. A handler that fails after publishing
-        publishes again when retried; give follow-ups an id derived from the handled
-        event (``Event(id=...)``) when consumers must see them only once.
+        In a plain or batch handler: sent now, returning once the broker acknowledged it
+        (:class:`Published`); raises like :meth:`Producer.publish`. A handler that fails
+        after publishing publishes again when retried; give follow-ups an id derived from
+        the handled event (``Event(id=...)``) when consumers must see them only once.
+
+        In a ``transactional=True`` handler: added to the outbox in the handler's
+        transaction (:class:`~eventq.outbox.Added`), validated now (an invalid event
+        raises here and rolls the transaction back); published by the outbox relay once
+        the transaction commits, and never if it rolls back.
         """
+        if self._outbox is not None:
+            return await self._outbox.add(self.db, event, topic=topic)
         return await self._producer.publish(event, topic=topic)
 
     def _bind(self, **extra: Any) -> Any:
@@ -80,6 +95,7 @@ class Context(_Base):
         self.db = db
         self._producer = producer
         self._log = None
+        self._outbox = None
 
     @property
     def log(self) -> Any:

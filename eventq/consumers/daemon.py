@@ -54,6 +54,7 @@ from eventq.consumers.topics import provision_derived_topics
 from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
 from eventq.kafka import check_group_access, explain
 from eventq.kafka import consumer as kafka_consumer
+from eventq.outbox.writer import Outbox
 from eventq.producers.producer import Producer
 from eventq.schemas.registry import SchemaRegistry
 from eventq.telemetry import Telemetry
@@ -168,11 +169,12 @@ class Consumer:
             raise DatabaseUnavailable(db.safe_url, f"{type(exc).__name__}: {exc}") from exc
         except asyncpg.PostgresError as exc:
             raise DatabaseUnavailable(db.safe_url, f"{type(exc).__name__}: {exc}", retriable=False) from exc
-        if await self._pool.fetchval("SELECT to_regclass('processed_events')") is None:
-            raise ConsumerError(
-                f"the database at {db.safe_url} has no processed_events table; run 'eventq db migrate' "
-                "(or eventq consume --migrate)"
-            )
+        for table in ("processed_events", "eventq_outbox"):  # (transactional handlers' follow-ups go to the outbox)
+            if await self._pool.fetchval("SELECT to_regclass($1)", table) is None:
+                raise ConsumerError(
+                    f"the database at {db.safe_url} has no {table} table; run 'eventq db migrate' "
+                    "(or eventq consume --migrate)"
+                )
         await self._start_kafka()
         self.instruments = ins = Chain.of(
             Measured(self._metrics), Traced(self._tracing, self.group) if self._tracing.enabled else None, self._extra,
@@ -180,6 +182,7 @@ class Consumer:
         self._handle = Handle(
             app=self.app, settings=s, group=self.group, producer=self._producer, pool=self._pool, status=self.status,
             instruments=ins,
+            outbox=Outbox(self._producer.settings, registry=self._producer.registry, telemetry=self.telemetry),
         )
         assert self._consumer is not None
         self._recorder = Recorder(self._pool, self.group, self.status)

@@ -65,6 +65,7 @@ from eventq.consumers.outcome import (
 from eventq.consumers.settings import ConsumerSettings
 from eventq.database import answers, is_outage
 from eventq.errors import EventqError, Reject, RetryLater, UndecodableRecord, UnknownEventType
+from eventq.outbox.writer import Outbox
 from eventq.producers.producer import Producer
 from eventq.schemas.correlation import enter_cause, exit_cause
 from eventq.telemetry.logs import bounded, enter_work, exit_work
@@ -106,6 +107,7 @@ class Handle:
         pool: Any,
         status: Status,
         instruments: Instruments | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -114,6 +116,14 @@ class Handle:
         self.pool = pool
         self.status = status
         self.instruments = instruments or Instruments()
+        self._outbox = outbox
+
+    @property
+    def outbox(self) -> Outbox:
+        """Where a transactional handler's ``ctx.publish`` goes: outbox rows in its transaction."""
+        if self._outbox is None:
+            self._outbox = Outbox(self.producer.settings, registry=self.producer.registry)
+        return self._outbox
 
     async def run(self, items: Sequence[Item], interrupt: Interrupt | None = None) -> None:
         """Give every item without an outcome one (unless ``interrupt`` stops the slice first)."""
@@ -454,6 +464,7 @@ async def _transactional(stage: Handle, pending: list[Item], attempt: int) -> li
                 item.outcome = DUPLICATE
                 return None
             ctx.db = conn
+            ctx._outbox = stage.outbox  # noqa: SLF001 - follow-ups join the transaction
             try:
                 await handler.func(event, ctx)
             except BaseException as exc:

@@ -175,9 +175,13 @@ class Status:
 
     async def broker_down(self, exc: BaseException, what: str) -> None:
         """Note a broker failure (commit or dead-letter publish), then back off."""
-        self._broker.operation_failed(exc, operation=what)
+        self.broker_failed(exc, what)
         failures = self._broker.failures
         await asyncio.sleep(_OUTAGE_BACKOFF[min(failures, len(_OUTAGE_BACKOFF)) - 1])
+
+    def broker_failed(self, exc: BaseException, what: str) -> None:
+        """Note a broker failure; the caller backs off on its own terms."""
+        self._broker.operation_failed(exc, operation=what)
 
     def broker_up(self) -> None:
         self._broker.operation_succeeded()

@@ -21,52 +21,6 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, NamedTuple, Protocol
 
-import asyncpg
-
-# Versioned DDL; applied in order by migrate(), each version once.
-MIGRATIONS: tuple[tuple[int, str], ...] = (
-    (
-        1,
-        """
-        CREATE TABLE processed_events (
-            consumer_group text        NOT NULL,
-            event_id       uuid        NOT NULL,
-            topic          text        NOT NULL,
-            partition      integer     NOT NULL,
-            "offset"       bigint      NOT NULL,
-            outcome        text        NOT NULL CHECK (outcome IN ('handled', 'dead_lettered', 'skipped')),
-            processed_at   timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (consumer_group, event_id)
-        );
-        CREATE INDEX processed_events_processed_at ON processed_events (processed_at);
-        """,
-    ),
-    (
-        2,
-        # The event id leads the primary key: with (group, id) PostgreSQL planned the
-        # lookup of a new group (no statistics yet) as a scan of the whole group, which
-        # grew with every batch; with the id first each lookup is an index probe, and
-        # time-ordered ids append at the index's right edge. BRIN instead of B-tree on
-        # processed_at: rows arrive in time order, so BRIN serves purge's range scan at
-        # a fraction of the per-insert cost.
-        """
-        ALTER TABLE processed_events DROP CONSTRAINT processed_events_pkey;
-        ALTER TABLE processed_events ADD PRIMARY KEY (event_id, consumer_group);
-        DROP INDEX processed_events_processed_at;
-        CREATE INDEX processed_events_processed_at ON processed_events USING brin (processed_at);
-        """,
-    ),
-    (
-        3,
-        # CloudEvents identify an event by (source, id): each row says its source. A column
-        # with a constant default is added without rewriting the table or holding a lock
-        # for long; the key stays as narrow as it was (see row_id and alternate_id). Rows
-        # written before have source '' and match an event of that id from any source.
-        "ALTER TABLE processed_events ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT ''",
-    ),
-)
-
-_MIGRATION_LOCK = 0x6576_656E_7471  # pg_advisory_xact_lock key ("eventq"): one migrator at a time
 # Event ids that are not a lower-case UUID are stored as this UUIDv5 of the id text.
 _ID_NAMESPACE = uuid.UUID("5d1c3f0e-8f43-4c8b-9a57-6576656e7471")
 # The key of an event whose id's own key holds another source's event: a UUIDv5 of both.
@@ -126,29 +80,6 @@ def alternate_id(event_id: str, source: str) -> str:
     """The key of an event whose :func:`row_id` already holds another source's event of
     the same id (rare: two producers choosing the same id): a UUIDv5 of source and id."""
     return str(uuid.uuid5(_ALTERNATE_NAMESPACE, f"{source}\x00{event_id}"))
-
-
-async def migrate(conn: asyncpg.Connection) -> list[int]:
-    """Apply the migrations this database lacks; return their versions.
-
-    Idempotent, and safe when several daemons start at once: a transaction-scoped
-    advisory lock lets one migrate while the others wait and then find nothing to do.
-    No migration rewrites ``processed_events`` or locks it for long (see MIGRATIONS).
-    """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS eventq_schema_migrations ("
-            " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {row["version"] for row in await conn.fetch("SELECT version FROM eventq_schema_migrations")}
-        applied = []
-        for version, ddl in MIGRATIONS:
-            if version not in done:
-                await conn.execute(ddl)
-                await conn.execute("INSERT INTO eventq_schema_migrations (version) VALUES ($1)", version)
-                applied.append(version)
-        return applied
 
 
 Identity = tuple[str, str]  # (event id, source): how CloudEvents tell events apart

@@ -311,6 +311,30 @@ class Producer:
         send.end()
         return report
 
+    async def send_encoded(
+        self, topic: str, event_ids: list[str], records: list[RecordParts], *, creations: Sequence[Any] = ()
+    ) -> PublishReport:
+        """Send events validated and encoded earlier (an outbox relay's rows); report each outcome.
+
+        Like :meth:`publish_many` after its validation: grouped by partition in the order
+        given, a failed batch failing only its own events. With tracing on, one ``send
+        {topic}`` span linked to ``creations`` (the events' stored creation contexts).
+        """
+        if not self._tracing.enabled:
+            return await self._send_records(topic, event_ids, records)
+        send = self._tracing.relay_send(topic, creations)
+        try:
+            report = await self._send_records(topic, event_ids, records)
+        except BaseException as exc:
+            tr.end_failed(send, exc)
+            raise
+        if not report.ok:
+            failed = report.failed
+            tr.fail(send, f"{len(failed)} of {len(report)} events were not published",
+                    error_type=type(failed[0].error).__qualname__)
+        send.end()
+        return report
+
     def _encode_all(self, topic: str, items: list[Event], created: list[Any] | None) -> list[RecordParts]:
         """Validate and encode every event; with ``created`` (tracing on) each under its own ``create`` span."""
         validate = self.registry.validate

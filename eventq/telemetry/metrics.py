@@ -139,3 +139,49 @@ class ConsumerMetrics:
             self._retries.add(retries, attributes)
         for reason, n in Counter(dead_letter_reasons).items():
             self._dead.add(n, {**attributes, DEAD_LETTER_REASON: reason})
+
+
+class RelayMetrics:
+    """What an outbox relay sent, and what waits in the outbox (refreshed every few seconds)."""
+
+    __slots__ = ("_relayed", "_failed", "_parked", "_pending", "_oldest")
+
+    def __init__(self, provider: MeterProvider | None = None) -> None:
+        meter = _meter(provider)
+        self._relayed = meter.create_counter(
+            "eventq.outbox.relayed", unit="{message}", description="Outbox events the broker acknowledged."
+        )
+        self._failed = meter.create_counter(
+            "eventq.outbox.relay_failed", unit="{message}", description="Outbox events a send failed (kept, retried)."
+        )
+        self._parked = meter.create_counter(
+            "eventq.outbox.parked", unit="{message}",
+            description="Outbox events set aside: they cannot be sent (too large for the topic, unreadable).",
+        )
+        self._pending = meter.create_gauge(
+            "eventq.outbox.pending", unit="{message}", description="Committed outbox events not yet published."
+        )
+        self._oldest = meter.create_gauge(
+            "eventq.outbox.oldest_age", unit="s", description="Age of the oldest pending outbox event."
+        )
+
+    def relayed(self, topic: str, count: int) -> None:
+        if count:
+            self._relayed.add(count, {SYSTEM: "kafka", DESTINATION: topic})
+
+    def failed(self, topic: str, error_type: str, count: int) -> None:
+        if count:
+            self._failed.add(count, {SYSTEM: "kafka", DESTINATION: topic, ERROR_TYPE: error_type})
+
+    def parked(self, topic: str, count: int) -> None:
+        if count:
+            self._parked.add(count, {SYSTEM: "kafka", DESTINATION: topic})
+
+    def backlog(self, topics: Iterable[tuple[str, int, float]], gone: Iterable[str] = ()) -> None:
+        """Set the gauges: (topic, pending events, age of the oldest in seconds) per topic; 0 for ``gone`` ones."""
+        for topic, pending, oldest in topics:
+            self._pending.set(pending, {SYSTEM: "kafka", DESTINATION: topic})
+            self._oldest.set(oldest, {SYSTEM: "kafka", DESTINATION: topic})
+        for topic in gone:
+            self._pending.set(0, {SYSTEM: "kafka", DESTINATION: topic})
+            self._oldest.set(0.0, {SYSTEM: "kafka", DESTINATION: topic})

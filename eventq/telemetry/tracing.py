@@ -213,6 +213,14 @@ class Tracing:
             links=[Link(span.get_span_context()) for span in created],
         )
 
+    def relay_send(self, topic: str, creations: Sequence[SpanContext]) -> Span:
+        """The ``send {topic}`` span of an outbox relay's batch, linked to each event's stored creation context."""
+        return self._tracer.start_span(
+            f"send {topic}", kind=SpanKind.PRODUCER, context=otel_context.Context(),
+            attributes=_attributes("send", topic, {BATCH_COUNT: len(creations)}, name="relay"),
+            links=[Link(sc) for sc in creations],
+        )
+
     # -- consuming ---------------------------------------------------------------
 
     def process(self, topic: str, partition: int, group: str, creations: Iterable[SpanContext]) -> Span:

@@ -28,10 +28,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from eventq.config import KafkaSettings
-from eventq.consumers import App, Consumer, ConsumerSettings, Context, store
+from eventq.consumers import App, Consumer, ConsumerSettings, Context
 from eventq.database import DatabaseSettings, connect
 from eventq.dlq import Filters, replay
 from eventq.kafka import create_topics
+from eventq.migrations import migrate
 from eventq.producers import Producer, ProducerSettings
 from eventq.schemas import Event, caused_by
 
@@ -94,7 +95,7 @@ async def run_demo(
     """
     conn = await connect(database)
     try:
-        applied = await store.migrate(conn)
+        applied = await migrate(conn)
     finally:
         await conn.close()
     echo(f"database     {database.safe_url}: {'migrated ' + str(applied) if applied else 'up to date'}")

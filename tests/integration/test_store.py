@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from eventq.cli import main
-from eventq.consumers.store import MIGRATIONS, Processed, finished, migrate, purge, record
+from eventq.consumers.store import Processed, finished, purge, record
 from eventq.database import DatabaseSettings, connect
 from eventq.errors import DatabaseUnavailable
+from eventq.migrations import MIGRATIONS, migrate
 from eventq.schemas.envelope import new_event_id
 
 pytestmark = pytest.mark.postgres
