@@ -46,7 +46,7 @@ from eventq.consumers.probes import DatabaseProbe, Prober
 from eventq.database import connect, is_outage
 from eventq.errors import BrokerUnavailable, EventqError, MessageTooLarge, PublishTimeout, RelayError
 from eventq.outbox import table
-from eventq.outbox.rows import CHANNEL
+from eventq.outbox.rows import CHANNEL, TOPIC_NAME
 from eventq.outbox.settings import RelaySettings
 from eventq.outbox.shares import BALANCE_INTERVAL_S, Shares
 from eventq.producers.producer import Failed, Producer
@@ -109,6 +109,8 @@ class _Round:
 
 def _rebuild(r: Any, traced: bool) -> _Row:
     """The record of a row; ValueError (the row is parked) when its columns cannot make one."""
+    if not TOPIC_NAME.fullmatch(r["topic"]):
+        raise ValueError("its topic is not a Kafka topic name")
     headers = r["headers"]
     extra: tuple[tuple[str, bytes], ...] | None = None
     creation = None
@@ -128,6 +130,11 @@ def _rebuild(r: Any, traced: bool) -> _Row:
         r["event_type"].encode(), r["time"].encode(), r["correlation_id"].encode(), extra,
     )
     return _Row(r["id"], r["topic"], r["event_id"], record, creation)
+
+
+def _poisons(error: EventqError) -> bool:
+    """True for a failure after which the producer's idempotent state is off (only a new producer recovers)."""
+    return "OutOfOrderSequence" in str(error) or "InvalidProducerEpoch" in str(error)
 
 
 class _Backoff:
@@ -175,8 +182,7 @@ class Relay:
         self.health: HealthServer | None = None
         self._tracing = tr.Tracing(self.telemetry.tracer_provider)
         self._metrics = RelayMetrics(self.telemetry.meter_provider)
-        # Rows were validated when added: the relay needs no schemas.
-        self._producer = Producer(self.settings.publisher(), telemetry=self.telemetry, registry=SchemaRegistry({}))
+        self._producer = self._new_producer()
         self._shares = Shares()
         self._backoff = _Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
         self._conn: asyncpg.Connection | None = None
@@ -185,7 +191,6 @@ class Relay:
         self._prober: Prober | None = None
         self._due = {"balance": 0.0, "backlog": 0.0, "purge": 0.0}
         self._read_at = 0.0  # when to read again without a NOTIFY (the polling fallback)
-        self._backlog_topics: set[str] = set()
         self.relayed = 0  # events acknowledged since start
 
     def stop(self) -> None:
@@ -329,10 +334,8 @@ class Relay:
             await self._shares.balance(conn)
         if now >= due["backlog"]:
             due["backlog"] = now + BACKLOG_INTERVAL_S
-            backlog = [(r[0], r[1], r[2]) for r in await conn.fetch(table.BACKLOG, timeout=QUERY_TIMEOUT_S)]
-            topics = {t for t, _, _ in backlog}
-            self._metrics.backlog(backlog, gone=self._backlog_topics - topics)
-            self._backlog_topics = topics
+            count, oldest = await conn.fetchrow(table.BACKLOG, timeout=QUERY_TIMEOUT_S)
+            self._metrics.backlog(count, oldest or 0.0)
         keep = self.settings.keep_published_s
         if keep and now >= due["purge"]:
             due["purge"] = now + PURGE_INTERVAL_S
@@ -352,55 +355,74 @@ class Relay:
                 result.parked.setdefault(f"unreadable row: {exc}"[:_MAX_ERROR], []).append(unreadable)
                 continue
             by_topic.setdefault(row.topic, []).append(row)
-        await asyncio.gather(*(self._send(topic, topic_rows, result) for topic, topic_rows in by_topic.items()))
+        sent = await asyncio.gather(*(self._send(topic, topic_rows) for topic, topic_rows in by_topic.items()))
+        for (topic, topic_rows), (acked, failed, too_large) in zip(by_topic.items(), sent, strict=True):
+            if too_large or any(_poisons(error) for _, error in failed):
+                await self._restart_producer()
+            for row in too_large:  # refused in a batch with others; alone, it may fit
+                error: EventqError = too_large[row]
+                if len(topic_rows) > 1:
+                    alone = (await self._send(topic, [row]))
+                    if alone[0]:
+                        acked.extend(alone[0])
+                        continue
+                    if alone[1]:
+                        failed.extend(alone[1])
+                        continue
+                    await self._restart_producer()
+                    error = alone[2][row]
+                result.parked.setdefault(redact(f"{type(error).__name__}: {error}")[:_MAX_ERROR], []).append(row)
+            result.acked.extend(acked)
+            self._metrics.relayed(topic, len(acked))
+            self.relayed += len(acked)
+            if acked:
+                log.debug("outbox.published", topic=topic, events=len(acked),
+                          event_ids=[r.event_id for r in topic_rows[:_SHOWN_IDS]])
+            if failed:
+                self._failing(topic, failed, result)
+            else:
+                if self._backoff.succeeded(topic):
+                    log.info("outbox.topic_recovered", topic=topic)
+                self.status.broker_up()
         await self._settle(conn, result)
 
-    async def _send(self, topic: str, rows: list[_Row], result: _Round) -> None:
-        """Send one topic's rows of the round; note each row's fate in ``result``."""
+    async def _send(
+        self, topic: str, rows: list[_Row]
+    ) -> tuple[list[int], list[tuple[_Row, EventqError]], dict[_Row, EventqError]]:
+        """Send one topic's rows: the ids acknowledged, the rows that failed, the rows refused as too large."""
         acked: list[int] = []
         failed: list[tuple[_Row, EventqError]] = []
-        too_large: list[_Row] = []
+        too_large: dict[_Row, EventqError] = {}
         try:
             report = await self._producer.send_encoded(
                 topic, [r.event_id for r in rows], [r.record for r in rows],
                 creations=[r.creation for r in rows if r.creation is not None],
             )
         except EventqError as exc:  # nothing was sent (topic missing, broker unreachable, not authorised)
-            failed = [(r, exc) for r in rows]
-        else:
-            for row, outcome in zip(rows, report.outcomes, strict=True):
-                if not isinstance(outcome, Failed):
-                    acked.append(row.id)
-                elif isinstance(outcome.error, MessageTooLarge):
-                    too_large.append(row)
-                else:
-                    failed.append((row, outcome.error))
-        for row in too_large:
-            error: EventqError = MessageTooLarge(topic, "too large for the topic")
-            if len(rows) > 1:  # too large in a batch with others; alone, it may fit
-                alone = (await self._producer.send_encoded(topic, [row.event_id], [row.record])).outcomes[0]
-                if not isinstance(alone, Failed):
-                    acked.append(row.id)
-                    continue
-                if not isinstance(alone.error, MessageTooLarge):
-                    failed.append((row, alone.error))
-                    continue
-                error = alone.error
-            result.parked.setdefault(redact(f"{type(error).__name__}: {error}")[:_MAX_ERROR], []).append(row)
-        result.acked.extend(acked)
-        self._metrics.relayed(topic, len(acked))
-        self.relayed += len(acked)
-        if acked:
-            log.debug("outbox.published", topic=topic, events=len(acked),
-                      event_ids=[r.event_id for r in rows[:_SHOWN_IDS]])
-        if failed:
-            await self._failing(topic, failed, result)
-            return
-        if self._backoff.succeeded(topic):
-            log.info("outbox.topic_recovered", topic=topic)
-        self.status.broker_up()
+            return acked, [(r, exc) for r in rows], too_large
+        for row, outcome in zip(rows, report.outcomes, strict=True):
+            if not isinstance(outcome, Failed):
+                acked.append(row.id)
+            elif isinstance(outcome.error, MessageTooLarge):
+                too_large[row] = outcome.error
+            else:
+                failed.append((row, outcome.error))
+        return acked, failed, too_large
 
-    async def _failing(self, topic: str, failed: list[tuple[_Row, EventqError]], result: _Round) -> None:
+    async def _restart_producer(self) -> None:
+        """A new producer (a new producer id): after the broker refused a batch, aiokafka's idempotent
+        sequence for that partition no longer matches the broker's, and every later batch to it would
+        fail with OutOfOrderSequenceNumber."""
+        await self._producer.stop()
+        self._producer = self._new_producer()
+        await self._producer.start()
+        log.info("outbox.producer_restarted")
+
+    def _new_producer(self) -> Producer:
+        # Rows were validated when added: the relay needs no schemas.
+        return Producer(self.settings.publisher(), telemetry=self.telemetry, registry=SchemaRegistry({}))
+
+    def _failing(self, topic: str, failed: list[tuple[_Row, EventqError]], result: _Round) -> None:
         errors: dict[str, list[_Row]] = {}
         for row, error in failed:
             errors.setdefault(redact(f"{type(error).__name__}: {error}")[:_MAX_ERROR], []).append(row)

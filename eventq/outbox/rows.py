@@ -40,7 +40,7 @@ KEY_LOCK_CLASS = 0x65767130
 SHARE_LOCK_CLASS = 0x65767131
 """Advisory lock class of the session locks a relay holds on the shares it publishes."""
 
-_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")  # what Kafka allows in a topic name
+TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")  # what Kafka allows in a topic name
 
 
 class OutboxRow(NamedTuple):
@@ -66,7 +66,7 @@ class OutboxRow(NamedTuple):
 
 def check_topic(topic: str) -> str:
     """``topic`` if Kafka accepts it as a topic name, else ConfigError (before any row is written)."""
-    if not _TOPIC.fullmatch(topic):
+    if not TOPIC_NAME.fullmatch(topic):
         shown = topic if len(topic) <= 100 else topic[:100] + "…"
         raise ConfigError(
             f"topic {shown!r} is not a Kafka topic name; use 1 to 249 letters, digits, '.', '_' or '-'"
@@ -103,7 +103,7 @@ _COLUMNS = (
 # rows (and so their ids) are formed only from it.
 _LOCK_ONE = (
     "(SELECT count(pg_advisory_xact_lock({cls}, l)), pg_notify('{channel}', '') "
-    "FROM (SELECT {lock}::integer AS l) AS k WHERE l IS NOT NULL) AS locked"
+    "FROM (SELECT CAST({lock} AS integer) AS l) AS k WHERE l IS NOT NULL) AS locked"
 )
 
 
@@ -111,7 +111,8 @@ def _one_row_sql(param: Any) -> str:
     names = ("topic", "share", "event_id", "event_type", "key", "value", "timestamp_ms", "source", "time",
              "correlation_id", "headers")
     casts = ("text", "smallint", "text", "text", "bytea", "bytea", "bigint", "text", "text", "text", "jsonb")
-    values = ", ".join(f"{param(n)}::{c}" for n, c in zip(names, casts, strict=True))
+    # CAST(... AS ...), not ::, which SQLAlchemy's text() would take for part of a :name parameter
+    values = ", ".join(f"CAST({param(n)} AS {c})" for n, c in zip(names, casts, strict=True))
     return (
         f"INSERT INTO eventq_outbox ({_COLUMNS}) SELECT {values} FROM "
         + _LOCK_ONE.format(cls=KEY_LOCK_CLASS, channel=CHANNEL, lock=param("lock"))

@@ -28,8 +28,7 @@ PARK = (
 )
 PURGE_PUBLISHED = "DELETE FROM eventq_outbox WHERE published_at < now() - $1::interval"
 BACKLOG = (
-    "SELECT topic, count(*), extract(epoch FROM now() - min(created_at))::float8 "
-    f"FROM eventq_outbox WHERE {PENDING} GROUP BY topic"
+    f"SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM eventq_outbox WHERE {PENDING}"
 )
 
 HOLDERS = (

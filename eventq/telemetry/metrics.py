@@ -12,6 +12,11 @@ instrument                             unit       attributes
 ``eventq.consumer.retries``            {retry}    destination, group
 ``eventq.consumer.dead_lettered``      message    destination, group, ``eventq.dead_letter.reason``
 ``eventq.consumer.lag``                message    destination, partition, group (gauge)
+``eventq.outbox.relayed``              message    destination (acknowledged by the broker)
+``eventq.outbox.relay_failed``         message    destination, ``error.type`` (kept, retried)
+``eventq.outbox.parked``               message    destination (set aside: cannot be sent)
+``eventq.outbox.pending``              message    the whole outbox (gauge, every 5 s)
+``eventq.outbox.oldest_age``           s          the whole outbox (gauge, every 5 s)
 =====================================  =========  =====================================
 
 The lag is set once a second by the running daemon: the partition's last stable offset
@@ -142,7 +147,7 @@ class ConsumerMetrics:
 
 
 class RelayMetrics:
-    """What an outbox relay sent, and what waits in the outbox (refreshed every few seconds)."""
+    """What an outbox relay sent (per topic), and what waits in the whole outbox (refreshed every few seconds)."""
 
     __slots__ = ("_relayed", "_failed", "_parked", "_pending", "_oldest")
 
@@ -177,11 +182,7 @@ class RelayMetrics:
         if count:
             self._parked.add(count, {SYSTEM: "kafka", DESTINATION: topic})
 
-    def backlog(self, topics: Iterable[tuple[str, int, float]], gone: Iterable[str] = ()) -> None:
-        """Set the gauges: (topic, pending events, age of the oldest in seconds) per topic; 0 for ``gone`` ones."""
-        for topic, pending, oldest in topics:
-            self._pending.set(pending, {SYSTEM: "kafka", DESTINATION: topic})
-            self._oldest.set(oldest, {SYSTEM: "kafka", DESTINATION: topic})
-        for topic in gone:
-            self._pending.set(0, {SYSTEM: "kafka", DESTINATION: topic})
-            self._oldest.set(0.0, {SYSTEM: "kafka", DESTINATION: topic})
+    def backlog(self, pending: int, oldest_s: float) -> None:
+        """Set the gauges for the whole outbox (``eventq outbox status`` has them per topic)."""
+        self._pending.set(pending, {SYSTEM: "kafka"})
+        self._oldest.set(oldest_s, {SYSTEM: "kafka"})
