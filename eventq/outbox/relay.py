@@ -201,11 +201,17 @@ class Relay:
     async def run(self, *, until_empty: bool = False) -> None:
         """Relay until :meth:`stop`; with ``until_empty``, return once nothing this relay can send is pending.
 
-        Raises BrokerUnavailable if no broker answers at start-up; database outages are
+        Raises BrokerUnavailable or DatabaseUnavailable if Kafka or PostgreSQL does not
+        answer at start-up (and RelayError without the outbox table); later outages are
         waited out (``/readyz`` says 503 meanwhile).
         """
         s = self.settings
         await self._producer.start()
+        try:
+            await self._connected()
+        except BaseException:
+            await self._producer.stop()
+            raise
         ticker = asyncio.create_task(self._tick(), name="eventq-relay-liveness")
         self._prober = Prober(self.status, database=DatabaseProbe(s.database), broker=self._probe)
         self._prober.start()
