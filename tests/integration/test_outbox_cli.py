@@ -21,6 +21,7 @@ from tests.integration.consumer_kit import order
 from tests.integration.test_operator_failures import EVENTQ, REFUSED_DB, REPO, STACK_ENV
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+DB_DOWN = "cannot use the database"
 
 
 def eventq(argv: list[str], database: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -112,8 +113,8 @@ async def test_unpark_puts_parked_events_back_for_one_topic_or_all(database: str
 @pytest.mark.parametrize(
     ("argv", "env", "expected"),
     [
-        pytest.param(["outbox", "status"], {"EVENTQ_DATABASE_URL": REFUSED_DB}, "cannot use the database", id="db-down"),
-        pytest.param(["outbox", "relay"], {"EVENTQ_DATABASE_URL": REFUSED_DB}, "cannot use the database", id="relay-db-down"),
+        pytest.param(["outbox", "status"], {"EVENTQ_DATABASE_URL": REFUSED_DB}, DB_DOWN, id="db-down"),
+        pytest.param(["outbox", "relay"], {"EVENTQ_DATABASE_URL": REFUSED_DB}, DB_DOWN, id="relay-db-down"),
         pytest.param(["outbox", "relay"], {"EVENTQ_OUTBOX_BATCH_SIZE": "lots"}, "EVENTQ_OUTBOX_BATCH_SIZE",
                      id="bad-variable"),
         pytest.param(["outbox", "relay"], {"EVENTQ_OUTBOX_BACKOFF_MAX_S": "0.01"}, "EVENTQ_OUTBOX_BACKOFF_MAX_S",

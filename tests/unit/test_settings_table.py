@@ -16,11 +16,13 @@ from eventq.config import KAFKA, KafkaSettings
 from eventq.consumers.settings import CONSUMER, ConsumerSettings
 from eventq.database import DATABASE, DatabaseSettings
 from eventq.errors import ConfigError
+from eventq.outbox.settings import RELAY, RelaySettings
 from eventq.producers.settings import PRODUCER, ProducerSettings
 from eventq.settings_table import Setting, Table, table, variables
 
 TABLES: list[tuple[type[Any], Table[Any]]] = [
     (KafkaSettings, KAFKA), (DatabaseSettings, DATABASE), (ProducerSettings, PRODUCER), (ConsumerSettings, CONSUMER),
+    (RelaySettings, RELAY),
 ]
 NESTED = {"kafka", "database", "producer"}  # settings held by settings: read by their own class's table
 # Variables README's Configuration section names that are no settings field: read by the CLI itself
