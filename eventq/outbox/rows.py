@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from eventq.errors import ConfigError
+from eventq.errors import ConfigError, InvalidEvent
 from eventq.schemas.envelope import RecordParts
 
 SHARES = 16
@@ -90,10 +90,17 @@ def to_row(topic: str, parts: RecordParts, event_type: str) -> OutboxRow:
         lock = key_lock(key)
         share = (lock & 0x7FFFFFFF) % SHARES
     headers = orjson.dumps([[name, raw.decode()] for name, raw in extra]).decode() if extra else None
-    return OutboxRow(
+    row = OutboxRow(
         topic, share, lock, event_id.decode(), event_type, key, value, timestamp_ms, source.decode(),
         time.decode(), correlation.decode(), headers,
     )
+    # PostgreSQL text and jsonb cannot hold U+0000 (Kafka headers could): refuse it here, in the caller.
+    if "\x00" in row.event_id or "\x00" in row.source or "\x00" in event_type or "\x00" in row.correlation_id or (
+        extra and any(b"\x00" in raw for _, raw in extra)
+    ):
+        raise InvalidEvent(f"event {row.event_id[:100]!r} has a NUL character in an attribute; the outbox's "
+                           "PostgreSQL text columns cannot hold it")
+    return row
 
 
 _COLUMNS = (

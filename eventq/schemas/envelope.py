@@ -212,6 +212,15 @@ def encode_parts(
 ) -> RecordParts:
     """:func:`encode` without building the header list (see :data:`RecordParts`)."""
     try:
+        return _encode_parts(event, max_event_bytes, trace_headers)
+    except UnicodeEncodeError as exc:  # a lone surrogate in an attribute: no UTF-8 text can carry it
+        raise InvalidEvent(
+            f"an attribute of {event.type[:100]!r} is not valid UTF-8 text ({exc.reason} at position {exc.start})"
+        ) from None
+
+
+def _encode_parts(event: Event, max_event_bytes: int, trace_headers: Sequence[tuple[str, bytes]]) -> RecordParts:
+    try:
         value = orjson.dumps(event.data)
     except TypeError as exc:
         raise InvalidEvent(f"payload of {event.type!r} is not JSON-serialisable: {exc}") from exc

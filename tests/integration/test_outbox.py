@@ -454,3 +454,33 @@ async def test_the_relay_serves_health_and_metrics(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_hostile_but_valid_text_reaches_the_topic_unchanged(
+    kafka_settings: KafkaSettings, database: str, new_topic: TopicFactory, read_topic: Reader,
+    outbox: Outbox, conn: asyncpg.Connection,
+) -> None:
+    """Quotes, SQL, JSON, backslashes, emoji and long keys in every attribute are data, never syntax: each event
+    arrives byte for byte as added, through add and add_many."""
+    topic = await new_topic(partitions=3)
+    nasty = ["'; DROP TABLE eventq_outbox; --", '{"a": "\\u0000"}', "\\x00 \\\\ $1 %(topic)s :topic", "🦆" * 50,
+             "k" * 5000, "ce_id", "\r\n\t"]
+    events = [
+        Event(type="demo.order.created.v1", source=f"src {text[:200]}", key=text, subject=text,
+              causation_id=text[:300], correlation_id=text[:300],
+              data={"order_id": text[:100] or "o", "customer_id": text, "amount_cents": n, "currency": "EUR"})
+        for n, text in enumerate(nasty)
+    ]
+    async with conn.transaction():
+        await outbox.add(conn, events[0], topic=topic)
+        await outbox.add_many(conn, events[1:], topic=topic)
+    await Relay(relay_settings(kafka_settings, database)).run(until_empty=True)
+    by_id = {dict(r.headers)["ce_id"].decode(): r for r in await read_topic(topic, len(events))}
+    assert sorted(by_id) == sorted(e.id for e in events)
+    for event in events:
+        record = by_id[event.id]
+        headers = {name: value.decode() for name, value in record.headers}
+        assert record.key == (event.key or "").encode() and orjson.loads(record.value) == event.data
+        assert (headers["ce_source"], headers["ce_subject"], headers["ce_causationid"]) == (
+            event.source, event.subject, event.causation_id)
+    assert await conn.fetchval("SELECT to_regclass('eventq_outbox')") is not None
