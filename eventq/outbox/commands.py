@@ -57,7 +57,8 @@ def outbox() -> None:
 @option(RELAY, "batch_size")
 @option(RELAY, "poll_interval_s")
 @option(RELAY, "health_port")
-@click.option("--until-empty", is_flag=True, help="Exit 0 once nothing this relay can send is pending.")
+@click.option("--until-empty", is_flag=True,
+              help="Exit 0 once no row of its shares is pending (rows of a failing topic keep it retrying).")
 def relay_command(
     bootstrap_servers: str | None,
     database_url: str | None,

@@ -212,7 +212,9 @@ async def test_migration_3_upgrades_a_table_with_rows_while_several_migrate_at_o
     """A version-2 table with rows gets its source column under three concurrent migrators; old rows still dedupe."""
     setup = await asyncpg.connect(database)
     try:
-        await setup.execute("DROP TABLE processed_events; DELETE FROM eventq_schema_migrations")
+        await setup.execute(
+            "DROP TABLE processed_events; DROP TABLE eventq_outbox; DELETE FROM eventq_schema_migrations"
+        )
         for version, ddl in MIGRATIONS[:2]:
             await setup.execute(ddl)
             await setup.execute("INSERT INTO eventq_schema_migrations (version) VALUES ($1)", version)
@@ -226,7 +228,7 @@ async def test_migration_3_upgrades_a_table_with_rows_while_several_migrate_at_o
     conns = [await asyncpg.connect(database) for _ in range(3)]
     try:
         results = await asyncio.gather(*(migrate(c) for c in conns))
-        assert sorted(results) == [[], [], [3]]
+        assert sorted(results) == [[], [], [3, 4]]
         assert await ids_finished(conns[0], "billing", old[:10], source="anyone") == set(old[:10])
         fresh = new_event_id()
         await record(conns[0], "billing", [done(fresh, source="a"), done(fresh, source="b")])
