@@ -304,7 +304,7 @@ class Relay:
             "tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2", "tcp_keepalives_count": "3",
         })
         try:
-            if await conn.fetchval("SELECT to_regclass('eventq_outbox')") is None:
+            if await conn.fetchval("SELECT to_regclass('eventq_outbox')", timeout=QUERY_TIMEOUT_S) is None:
                 raise RelayError(
                     f"the database at {db.safe_url} has no eventq_outbox table; run 'eventq db migrate'"
                 )

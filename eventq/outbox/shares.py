@@ -26,6 +26,7 @@ from eventq.outbox.table import HOLDERS
 log = structlog.get_logger("eventq.outbox")
 
 BALANCE_INTERVAL_S = 1.0
+TIMEOUT_S = 10.0  # a lock statement that takes longer means the connection is stuck
 
 
 class Shares:
@@ -37,7 +38,7 @@ class Shares:
     async def join(self, conn: Any) -> None:
         """Take the member lock on a new connection (nothing is held yet)."""
         self.held = ()
-        await conn.execute("SELECT pg_advisory_lock_shared($1, $2)", SHARE_LOCK_CLASS, SHARES)
+        await conn.execute("SELECT pg_advisory_lock_shared($1, $2)", SHARE_LOCK_CLASS, SHARES, timeout=TIMEOUT_S)
 
     def lost(self, *, closing: bool = False) -> None:
         """The connection is gone (or ``closing``: being closed), and with it every lock."""
@@ -50,19 +51,19 @@ class Shares:
 
     async def balance(self, conn: Any) -> None:
         """Release shares above this relay's fair number, take free ones below it."""
-        rows = await conn.fetch(HOLDERS, SHARE_LOCK_CLASS)
+        rows = await conn.fetch(HOLDERS, SHARE_LOCK_CLASS, timeout=TIMEOUT_S)
         members = {r["pid"] for r in rows if r["share"] == SHARES}
         taken = {r["share"] for r in rows if r["share"] < SHARES}
         target = math.ceil(SHARES / max(1, len(members)))
         held = set(self.held)
         for share in sorted(held, reverse=True)[: max(0, len(held) - target)]:
-            await conn.execute("SELECT pg_advisory_unlock($1, $2)", SHARE_LOCK_CLASS, share)
+            await conn.execute("SELECT pg_advisory_unlock($1, $2)", SHARE_LOCK_CLASS, share, timeout=TIMEOUT_S)
             held.discard(share)
         for share in range(SHARES):
             if len(held) >= target:
                 break
             if share not in taken and share not in held and await conn.fetchval(
-                "SELECT pg_try_advisory_lock($1, $2)", SHARE_LOCK_CLASS, share
+                "SELECT pg_try_advisory_lock($1, $2)", SHARE_LOCK_CLASS, share, timeout=TIMEOUT_S
             ):
                 held.add(share)
         now = tuple(sorted(held))
