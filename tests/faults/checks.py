@@ -61,14 +61,19 @@ class Original:
     headers: tuple[tuple[str, bytes], ...]
 
 
-async def read_source(kafka: KafkaSettings, topic: str) -> dict[str, Original]:
-    """The first copy of every event in the source topic, by event id (from its ``ce_id`` header)."""
+async def read_source(kafka: KafkaSettings, topic: str, copies: Counter[str] | None = None) -> dict[str, Original]:
+    """The first copy of every event in the source topic, by event id (from its ``ce_id`` header).
+
+    ``copies``, if given, gets every copy counted by event id.
+    """
     found: dict[str, Original] = {}
     for r in await read_to_end(kafka, topic, timeout=120):
         headers = tuple(r.headers or ())
         event_id = dict(headers).get(H_ID)
         if event_id is not None:
             found.setdefault(event_id.decode(), Original(r.key, r.value, headers))
+            if copies is not None:
+                copies[event_id.decode()] += 1
     return found
 
 
@@ -246,3 +251,34 @@ def unchanged(before: Snapshot, after: Snapshot) -> Verdict:
         | {i for i in after.rows if after.rows[i][0] != before.rows.get(i, ("", 0.0))[0]}
     )
     return Verdict(not changed, f"{len(changed)} changed", changed)
+
+
+def on_topic(committed: set[str], rolled_back: set[str], copies: Counter[str]) -> Verdict:
+    """P7: every committed outbox event is in the topic at least once, and nothing unknown is.
+
+    A second copy is allowed: a relay that dies between the broker's ack and deleting the
+    row publishes it again (consumers drop it by event id; P2 and P3 check they did).
+    """
+    missing = sorted(i for i in committed if not copies[i])
+    unknown = sorted(i for i in copies if i not in committed and i not in rolled_back)
+    hist = Counter(copies[i] for i in committed if copies[i])
+    figure = f"{len(committed) - len(missing)}/{len(committed)} committed events in the topic; copies "
+    figure += " ".join(f"{k}×:{hist[k]}" for k in sorted(hist))
+    if unknown:
+        figure += f"; {len(unknown)} unknown ids"
+    return Verdict(not missing and not unknown, figure, missing + unknown)
+
+
+def none_rolled_back(rolled_back: set[str], committed: set[str], copies: Counter[str], snap: Snapshot) -> Verdict:
+    """P8: no event added in a transaction that rolled back was committed, published or handled."""
+    leaked = sorted(i for i in rolled_back if i in committed or copies[i] or i in snap.rows or i in snap.effects)
+    where = Counter(
+        place
+        for i in leaked
+        for place, hit in (("committed", i in committed), ("in the topic", copies[i] > 0),
+                           ("recorded", i in snap.rows), ("handled", i in snap.effects))  # fmt: skip
+        if hit
+    )
+    figure = f"{len(leaked)} of {len(rolled_back)} rolled-back events seen"
+    figure += f" ({', '.join(f'{n} {w}' for w, n in where.items())})" if leaked else " anywhere"
+    return Verdict(not leaked, figure, leaked)

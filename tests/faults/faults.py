@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from eventq.kafka import create_topics
+from tests.faults.outbox import RELAY_BATCH
+from tests.faults.relays import kill_one_of_two_relays, kill_relay_mid_batch
 from tests.faults.stack import Services, Workers
 
 
@@ -39,6 +41,8 @@ class Scene:
     rng: random.Random
     window_s: float
     done: Disruptions
+    relays: Workers | None = None  # the outbox rows' relay processes
+    database: str = ""  # the run's database (the outbox rows watch their outbox table)
 
     @property
     def dead_letter_topic(self) -> str:
@@ -72,6 +76,9 @@ class Fault:
     crash_plan: tuple[str, ...] = ()  # deterministic crash points for the first worker starts
     kill_replay: bool = False  # F8: kill the replay CLI mid-run, then rerun it
     prepare: Inject | None = None  # runs after the daemons started, before anything is published
+    relays: int = 0  # 0: the producer publishes the workload; N: it is written to the outbox, N relays publish it
+    relay_backlog: int = 0  # the relays start once this many rows wait in the outbox (0: before the writer)
+    must_republish: bool = False  # O1: some event must be in the topic twice (a kill between append and delete)
 
 
 async def nothing(scene: Scene) -> None:
@@ -168,6 +175,22 @@ async def kill_leader(scene: Scene) -> None:
         await cluster.wait_healthy(scene.topic, 60)
 
 
+async def crash_postgres(scene: Scene) -> None:
+    """O4: crash PostgreSQL (pg_ctl stop -m immediate), keep it down 1–4 s, restart it; repeated."""
+    services = scene.services
+    end = scene.until()
+    while time.monotonic() < end:
+        await asyncio.sleep(scene.rng.uniform(2.0, 4.0))
+        down = scene.rng.uniform(1.0, 4.0)
+        started = time.time()
+        await services.crash_postgres()
+        scene.done.note(f"PostgreSQL crashed (stop -m immediate), down {down:.1f} s")
+        await asyncio.sleep(down)
+        await asyncio.to_thread(services.postgres.start)
+        scene.done.note("PostgreSQL restarted")
+        scene.done.db_outages.append((started, time.time()))
+
+
 async def break_postgres(scene: Scene) -> None:
     """F6: crash PostgreSQL (pg_ctl stop -m immediate) and restart it; pause all its processes."""
     services = scene.services
@@ -246,6 +269,12 @@ FAULTS: dict[str, Fault] = {
             prepare=delete_dead_letter_topic,
         ),
         Fault("F8", "replay CLI kill -9 mid-run, then rerun", nothing, kill_replay=True),
+        Fault("O1", "outbox: relay kill -9 mid-round while it works through a backlog", kill_relay_mid_batch,
+              relays=1, relay_backlog=5 * RELAY_BATCH, must_republish=True),
+        Fault("O2", "outbox: two relays, one killed -9 mid-run; the other takes its shares",
+              kill_one_of_two_relays, relays=2),
+        Fault("O3", "outbox: single broker kill -9 and restart while the relay publishes", kill_broker, relays=1),
+        Fault("O4", "outbox: PostgreSQL crash (immediate stop) while two relays publish", crash_postgres, relays=2),
     )
 }
-"""Every fault by name; ``baseline`` injects nothing."""
+"""Every fault by name; ``baseline`` injects nothing; O1–O4 publish through the transactional outbox."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from eventq.kafka import create_topics, topic_shapes
 from tests.conftest import end_offsets
-from tests.faults import checks
+from tests.faults import checks, outbox
 from tests.faults.faults import Disruptions, Fault, Scene
 from tests.faults.stack import REPO, Services, Workers
 from tests.faults.workload import EVENT_TYPE, SCHEMAS, PublishLog, Workload, build, publish
@@ -44,9 +44,10 @@ class Result:
     seconds: float = 0.0
     resent: int = 0
     actions: list[str] = field(default_factory=list)
-    deaths: dict[str, int] = field(default_factory=dict)  # how workers died -> count
+    deaths: dict[str, int] = field(default_factory=dict)  # how workers (and "relay ..." relays) died -> count
     facts: list[str] = field(default_factory=list)  # figures that are not a property
     workers_started: int = 0
+    relays_started: int = 0
     explained_duplicates: Counter[str] = field(default_factory=Counter)  # crash window -> duplicates
     logs: Path | None = None
 
@@ -164,7 +165,8 @@ async def run_fault(
     """
     started = time.monotonic()
     rng = random.Random(f"{fault.name}:{seed}")
-    workload: Workload = build(seed, events)
+    # The outbox validates every event it adds: the outbox rows have no malformed records.
+    workload: Workload = build(seed, events, malformed=0 if fault.relays else 2)
     suffix = uuid.uuid4().hex[:6]
     topic, group = f"faults.{fault.name.lower()}.{suffix}", f"faults-{fault.name.lower()}-{suffix}"
     run_home = home / f"{fault.name}-{suffix}"
@@ -185,6 +187,9 @@ async def run_fault(
         )
         run.database = await services.new_database(f"faults_{fault.name.lower()}_{suffix}")
         workers.env["EVENTQ_DATABASE_URL"] = run.database
+        if fault.relays:
+            await outbox.query(run.database, outbox.BUSINESS_TABLE)
+            run.relays = outbox.relay_pool(services, run.database, workers.logs, size=fault.relays)
         await run.phases(rng, publish_s)
     except Exception as exc:  # noqa: BLE001 - a harness error or a bound exceeded fails the run, with its seed
         result.verdicts["run"] = checks.Verdict(False, f"{type(exc).__name__}: {exc}")
@@ -196,13 +201,19 @@ async def run_fault(
         except Exception as exc:  # noqa: BLE001
             result.verdicts["heal"] = checks.Verdict(False, f"services could not be healed: {exc}")
         await workers.stop()
-        unexpected = [f"{d.how} (pid {d.pid})" for d in workers.deaths if d.how.startswith("exit") or "timed" in d.how]
+        pools = [("", workers)]
+        if run.relays is not None:
+            await run.relays.stop()
+            pools.append(("relay ", run.relays))
+        deaths = [(prefix, d) for prefix, pool in pools for d in pool.deaths]
+        unexpected = [f"{p}{d.how} (pid {d.pid})" for p, d in deaths if d.how.startswith("exit") or "timed" in d.how]
         result.verdicts["daemons"] = checks.Verdict(
             not unexpected, ", ".join(unexpected) or "no daemon exited or hung unless the fault made it"
         )
         result.actions = done.actions
-        result.deaths = dict(Counter(d.how for d in workers.deaths))
+        result.deaths = dict(Counter(p + d.how for p, d in deaths))
         result.workers_started = workers.started
+        result.relays_started = run.relays.started if run.relays is not None else 0
         result.seconds = time.monotonic() - started
     return result
 
@@ -225,6 +236,8 @@ class _Run:
     done: Disruptions
     database: str = ""
     published: asyncio.Task[PublishLog] | None = None
+    relays: Workers | None = None  # the outbox rows' relay processes
+    copies: Counter[str] = field(default_factory=Counter)  # event id -> its records in the source topic
 
     async def phases(self, rng: random.Random, publish_s: float) -> None:
         services, workers, result, done, topic = self.services, self.workers, self.result, self.done, self.topic
@@ -234,13 +247,16 @@ class _Run:
         partitions, replication = (await topic_shapes(services.kafka, [dlt]))[dlt]
         result.facts.append(f"dead-letter topic created by the daemons: {partitions} partitions, "
                             f"replication factor {replication}")  # fmt: skip
-        scene = Scene(services, workers, topic, rng, window_s=publish_s + 4.0, done=done)
+        scene = Scene(services, workers, topic, rng, window_s=publish_s + 4.0, done=done, relays=self.relays,
+                      database=self.database)  # fmt: skip
         if self.fault.prepare is not None:
             await self.fault.prepare(scene)
-        self.published = asyncio.create_task(
-            publish(services.kafka, topic, self.workload, rate=len(self.workload.events) / publish_s)
-        )
-        await self.fault.inject(scene)
+        rate = len(self.workload.events) / publish_s
+        if self.relays is None:
+            self.published = asyncio.create_task(publish(services.kafka, topic, self.workload, rate=rate))
+            await self.fault.inject(scene)
+        else:
+            await self.write_and_relay(scene, rate)
         injected = len(done.actions)
         await services.heal()
         workers.size = 3
@@ -249,14 +265,21 @@ class _Run:
             if until is None:
                 workers.resume(pid)
         healed = time.monotonic()
+        assert self.published is not None
         log = await self.published
         result.resent = log.resent
         if log.errors:
-            result.facts.append(f"publisher send errors {len(log.errors)}, first: {log.errors[0]}")
+            who = "publisher send" if self.relays is None else "writer transaction"
+            result.facts.append(f"{who} errors {len(log.errors)}, first: {log.errors[0]}")
+        emptied = None
+        if self.relays is not None:
+            emptied = await outbox.wait_empty(self.database, LAG_BOUND_S)
         await wait_drained(services, self.group, topic, timeout=LAG_BOUND_S)
         result.drain_s = time.monotonic() - healed
         workers.reap()
         await self.check_after_drain(log, dlt, injected)
+        if isinstance(log, outbox.WriteLog):
+            await self.check_outbox(log, emptied)
         await self.check_replay(dlt)
 
     def applied(self, injected: int, replay_kill: tuple[bool, int] | None = None) -> checks.Verdict:
@@ -290,7 +313,7 @@ class _Run:
         w, v, kafka = self.workload, self.result.verdicts, self.services.kafka
         snap = await checks.Snapshot.take(self.database, self.group)
         letters = await checks.read_letters(kafka, dlt)
-        source = await checks.read_source(kafka, self.topic)
+        source = await checks.read_source(kafka, self.topic, self.copies)
         if not self.fault.kill_replay:
             v["applied"] = self.applied(injected)
         v["P1 no loss"] = checks.no_loss(w, log.acked, snap, letters)
@@ -300,8 +323,13 @@ class _Run:
         )
         drain = self.result.drain_s
         v["P4 lag 0"] = checks.Verdict(drain <= LAG_BOUND_S, f"{drain:.1f} s after healing (bound {LAG_BOUND_S:.0f} s)")
-        if self.fault.consumer_disrupted or log.resent:
+        relay_failures = outbox.log_events(self.relays)["outbox.send_failed"] if self.relays is not None else 0
+        if self.fault.consumer_disrupted or log.resent or relay_failures:
             why = "consumers crashed" if self.fault.consumer_disrupted else f"publisher re-sent {log.resent}"
+            if relay_failures and not self.fault.consumer_disrupted:
+                # Documented in eventq/outbox/relay.py: rows of a failed send may follow later ones.
+                measured = checks.key_order(w, snap).figure
+                why = f"relay sends failed {relay_failures} times; failed rows may follow later ones; {measured}"
             v["P5 key order"] = checks.Verdict(True, f"n/a ({why})")
         else:
             v["P5 key order"] = checks.key_order(w, snap)
@@ -309,6 +337,50 @@ class _Run:
         self.result.facts.append(
             f"dead letters {len(letters)} for {len(w.poison)} poison events and {len(w.malformed)} malformed records"
         )
+
+    async def write_and_relay(self, scene: Scene, rate: float) -> None:
+        """The outbox rows: start the writer and inject the fault; the relays start before both,
+        or with ``relay_backlog`` once that many rows wait (the fault already watching)."""
+        relays, backlog = self.relays, self.fault.relay_backlog
+        assert relays is not None
+        if not backlog:
+            relays.start()
+            await relays.wait_started(relays.size)
+        self.published = asyncio.create_task(outbox.write(self.database, self.topic, self.workload, rate=rate))
+        injecting: asyncio.Future[None] = asyncio.ensure_future(self.fault.inject(scene))
+        try:
+            if backlog:
+                rows = await outbox.wait_rows(self.database, backlog, until=self.published)
+                relays.start()
+                self.done.note(f"relays started with {rows} rows waiting")
+                await relays.wait_started(relays.size)
+            await injecting
+        finally:
+            injecting.cancel()
+
+    async def check_outbox(self, log: outbox.WriteLog, emptied: float | None) -> None:
+        """P7–P9: committed events on the topic, rolled-back ones nowhere, the outbox empty."""
+        v, relays = self.result.verdicts, self.relays
+        assert relays is not None
+        snap = await checks.Snapshot.take(self.database, self.group)
+        v["P7 on topic"] = checks.on_topic(log.acked, log.rolled_back, self.copies)
+        republished = sum(1 for i in log.acked if self.copies[i] > 1)
+        kills = sum(d.how == "kill-9" for d in relays.deaths)
+        applied = v["applied"]
+        figure = f"{applied.figure}; relay kill -9 {kills}; events in the topic more than once {republished}"
+        if self.fault.must_republish and not republished and applied.ok:
+            figure += " (required: no kill landed between the broker's append and the delete)"
+        v["applied"] = checks.Verdict(applied.ok and (republished > 0 or not self.fault.must_republish), figure)
+        v["P8 no rollback"] = checks.none_rolled_back(log.rolled_back, log.acked, self.copies, snap)
+        if emptied is None:
+            v["P9 outbox empty"] = checks.Verdict(False, f"not empty {LAG_BOUND_S:.0f} s after the writer finished: "
+                                                         f"{await outbox.leftovers(self.database)}")  # fmt: skip
+        else:
+            v["P9 outbox empty"] = checks.Verdict(True, f"empty {emptied:.1f} s after the writer finished")
+        self.result.facts.append(log.summary())
+        warnings = outbox.log_events(relays)
+        shown = ", ".join(f"{event} {n}" for event, n in warnings.most_common()) or "none"
+        self.result.facts.append(f"relay warnings and errors (log events): {shown}")
 
     async def check_replay(self, dlt: str) -> None:
         """The rest of P6: deploy the fix, replay (F8: kill the first replay mid-run, rerun), replay again."""

@@ -10,13 +10,16 @@ from pathlib import Path
 from tests.faults.harness import Result
 
 PROPERTIES = ("applied", "daemons", "P1 no loss", "P2 one record", "P3 side effects", "P4 lag 0", "P5 key order",
-              "P6 dead-lettered", "P6 replayed once", "P6 2nd replay no-op", "run", "heal")  # fmt: skip
-"""Every verdict a run can have, in table order; "run" and "heal" appear only when they failed."""
+              "P6 dead-lettered", "P6 replayed once", "P6 2nd replay no-op", "P7 on topic", "P8 no rollback",
+              "P9 outbox empty", "run", "heal")  # fmt: skip
+"""Every verdict a run can have, in table order; "run" and "heal" appear only when they failed, P7–P9 only
+for the outbox rows."""
 
 
 def render(results: Sequence[Result], *, command: str) -> str:
     """Markdown: a summary table (pass/fail per property), then each fault's figures and actions."""
-    shown = [p for p in PROPERTIES if p not in ("run", "heal") or any(p in r.verdicts for r in results)]
+    optional = ("P7 on topic", "P8 no rollback", "P9 outbox empty", "run", "heal")
+    shown = [p for p in PROPERTIES if p not in optional or any(p in r.verdicts for r in results)]
     lines = [
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
         f"({platform.machine()}, Python {platform.python_version()}): `{command}`",
@@ -33,7 +36,8 @@ def render(results: Sequence[Result], *, command: str) -> str:
         lines += ["", f"### {r.fault.name}: {r.fault.title}", ""]
         lines += [f"- {p}: {r.verdicts[p].figure}" for p in PROPERTIES if p in r.verdicts]
         died = ", ".join(f"{how} {n}" for how, n in sorted(r.deaths.items())) or "none"
-        lines.append(f"- workers started {r.workers_started}; died: {died}; publisher re-sent {r.resent}")
+        source = f"relays started {r.relays_started}" if r.fault.relays else f"publisher re-sent {r.resent}"
+        lines.append(f"- workers started {r.workers_started}; died: {died}; {source}")
         lines += [f"- {fact}" for fact in r.facts]
         if r.actions:
             lines.append(

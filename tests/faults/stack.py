@@ -1,5 +1,6 @@
 """The services a fault run starts, breaks and heals: its own Kafka (one node or three),
-its own PostgreSQL cluster, and a supervised pool of consumer daemon processes.
+its own PostgreSQL cluster, and supervised pools of daemon processes (consumers, and
+for the outbox rows ``eventq outbox relay``).
 
 Nothing here touches the dev stack: every port is a free one and every file lives under
 the run's own folder, so killing a broker or PostgreSQL here disturbs no other test.
@@ -161,14 +162,25 @@ class Death:
     at: float  # unix time
 
 
+CONSUMER_COMMAND = (sys.executable, "-m", "tests.faults.worker")
+RELAY_COMMAND = (str(Path(sys.executable).parent / "eventq"), "--log-json", "outbox", "relay")
+
+
 @dataclass
 class Workers:
-    """A supervised pool of consumer daemon processes, restarted when they die (like systemd's
-    Restart=always), with the disruptions the harness caused recorded for the checks."""
+    """A supervised pool of daemon processes, restarted when they die (like systemd's
+    Restart=always), with the disruptions the harness caused recorded for the checks.
+
+    By default the suite's consumer daemons; ``command``, ``name`` and ``ready`` make it
+    a pool of outbox relays (the real CLI) instead.
+    """
 
     env: dict[str, str]
     logs: Path
     size: int = 3
+    command: tuple[str, ...] = CONSUMER_COMMAND
+    name: str = "worker"  # logs are <name>-<n>.log
+    ready: bytes = b'"event": "consumer.started"'  # the log line that says a process is up
     crash_plan: list[str] = field(default_factory=list)  # FAULT_CRASH specs for the next starts
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     deaths: list[Death] = field(default_factory=list)
@@ -188,9 +200,9 @@ class Workers:
         if spec is not None:
             env["FAULT_CRASH"] = spec
         self.started += 1
-        out = open(self.logs / f"worker-{self.started}.log", "wb")  # noqa: SIM115 - the child owns it
+        out = open(self.logs / f"{self.name}-{self.started}.log", "wb")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.faults.worker"],
+            list(self.command),
             cwd=REPO,
             env=env,
             stdout=out,
@@ -231,7 +243,7 @@ class Workers:
     def kill9(self, pid: int) -> None:
         self.deaths.append(Death(pid, "kill-9", time.time()))
         _signal(pid, signal.SIGKILL)
-        self.procs[pid].wait()
+        self.procs.pop(pid).wait()  # gone: no second kill, and the supervisor replaces it at once
 
     def pause(self, pid: int) -> None:
         self.paused[pid] = (time.time(), None)
@@ -243,16 +255,14 @@ class Workers:
         self.paused[pid] = (since, time.time())
 
     async def wait_started(self, count: int, timeout: float = 60) -> None:
-        """Wait until ``count`` workers logged ``consumer.started`` (topics checked and created)."""
+        """Wait until ``count`` processes logged ``ready`` (consumers: topics checked and created)."""
         deadline = time.monotonic() + timeout
         while True:
-            started = sum(
-                1 for log in self.logs.glob("worker-*.log") if b'"event": "consumer.started"' in log.read_bytes()
-            )
+            started = sum(1 for log in self.logs.glob(f"{self.name}-*.log") if self.ready in log.read_bytes())
             if started >= count:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {started} of {count} workers started within {timeout:.0f} s ({self.logs})")
+                raise TimeoutError(f"only {started} of {count} {self.name}s up within {timeout:.0f} s ({self.logs})")
             await asyncio.sleep(0.2)
 
     async def disarm(self) -> None:
