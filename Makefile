@@ -34,7 +34,7 @@ test: up
 bench: up
 	$(BIN)/python benchmarks/run.py
 
-# The whole fault matrix (F1-F8, 20,000 events each, ~9 min) on services of its own;
+# The whole fault matrix (F1-F8 and the outbox rows O1-O4, 20,000 events each, ~13 min) on services of its own;
 # the report goes to docs/faults-results.md. SEED=N repeats a run.
 faults: venv
 	$(BIN)/python -m tests.faults --report docs/faults-results.md $(if $(SEED),--seed $(SEED))

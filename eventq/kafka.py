@@ -499,3 +499,22 @@ def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
         message = entry[2] if len(entry) > 2 else None
         result.append((name, code, message))
     return result
+
+
+async def ask_metadata(client: Any) -> None:
+    """One metadata request for the topics ``client`` (an aiokafka client) tracks, all topics if none.
+
+    The health probes' question "does a broker answer": a request for every topic costs
+    tens of milliseconds of event-loop time on a cluster of hundreds of topics, once a
+    second; one for the client's own topics costs the same on any cluster. Raises
+    KafkaError if no broker answered.
+    """
+    from aiokafka.cluster import ClusterMetadata
+
+    topics = sorted(client._topics)  # noqa: SLF001 - the topics aiokafka already refreshes for this client
+    if not topics:
+        await client.fetch_all_metadata()
+        return
+    fresh = ClusterMetadata(metadata_max_age_ms=client._metadata_max_age_ms)  # noqa: SLF001
+    if not await client._metadata_update(fresh, topics):  # noqa: SLF001
+        raise ke.KafkaError("Unable to get cluster metadata over all known brokers")

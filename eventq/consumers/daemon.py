@@ -52,7 +52,7 @@ from eventq.consumers.retrytopics import origin_of
 from eventq.consumers.settings import ConsumerSettings
 from eventq.consumers.topics import provision_derived_topics
 from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
-from eventq.kafka import check_group_access, explain
+from eventq.kafka import ask_metadata, check_group_access, explain
 from eventq.kafka import consumer as kafka_consumer
 from eventq.outbox.writer import Outbox
 from eventq.producers.producer import Producer
@@ -274,7 +274,7 @@ class Consumer:
     async def _probe(self) -> None:
         """The prober's question to Kafka: a metadata request on the consumer's own client (it bounds it)."""
         assert self._consumer is not None
-        await self._consumer.topics()
+        await ask_metadata(self._consumer._client)  # noqa: SLF001 - the consumer's own client answers
 
     def _lag(self) -> Iterator[tuple[str, int, int]]:
         """(topic, partition, records after the last commit) for each assigned partition with a known end."""

@@ -45,11 +45,12 @@ from eventq.consumers.health import HealthServer, Status
 from eventq.consumers.probes import DatabaseProbe, Prober
 from eventq.database import connect, is_outage
 from eventq.errors import BrokerUnavailable, EventqError, MessageTooLarge, PublishTimeout, RelayError
+from eventq.kafka import ask_metadata
 from eventq.outbox import table
 from eventq.outbox.rows import CHANNEL, TOPIC_NAME
 from eventq.outbox.settings import RelaySettings
 from eventq.outbox.shares import BALANCE_INTERVAL_S, Shares
-from eventq.producers.producer import Failed, Producer
+from eventq.producers.producer import Producer
 from eventq.redact import redact
 from eventq.schemas.envelope import RecordParts
 from eventq.schemas.registry import SchemaRegistry
@@ -68,11 +69,18 @@ _SHOWN_IDS = 20  # event ids named in one log line
 
 
 class RelayStatus(Status):
-    """Health of a relay: ready while PostgreSQL and Kafka answer (a stand-by relay holding no share is ready)."""
+    """Health of a relay: ready while PostgreSQL and Kafka answer (a stand-by relay holding no share is ready);
+    live while its loop turns: every step of a turn is bounded, so a turn that has not ended within
+    ``window_s`` is stuck, and a restart (``/livez`` 503) hands its shares to another relay."""
 
-    def __init__(self) -> None:
+    def __init__(self, window_s: float = 60.0) -> None:
         super().__init__()
         self.shares: tuple[int, ...] = ()
+        self.window_s = window_s
+
+    @property
+    def live(self) -> bool:
+        return time.monotonic() - self.heartbeat < self.window_s
 
     @property
     def ready(self) -> bool:
@@ -108,10 +116,8 @@ class _Round:
 
 
 def _rebuild(r: Any, traced: bool) -> _Row:
-    """The record of a row; ValueError (the row is parked) when its columns cannot make one."""
-    if not TOPIC_NAME.fullmatch(r["topic"]):
-        raise ValueError("its topic is not a Kafka topic name")
-    headers = r["headers"]
+    """The record of a row (a NEXT_ROWS record); ValueError (the row is parked) when its columns cannot make one."""
+    row_id, topic, event_id, event_type, key, value, timestamp_ms, source, time_text, correlation, headers = r
     extra: tuple[tuple[str, bytes], ...] | None = None
     creation = None
     if headers is not None:
@@ -120,16 +126,16 @@ def _rebuild(r: Any, traced: bool) -> _Row:
             isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], str) for p in pairs
         ):
             raise ValueError("headers is not a JSON list of [name, value] text pairs")
-        extra = tuple((name, value.encode()) for name, value in pairs)
+        extra = tuple((name, text.encode()) for name, text in pairs)
         if traced:
             found = dict(pairs)
             ctx = tr.context_from_traceparent(found.get(H_TRACEPARENT), found.get(H_TRACESTATE))
             creation = tr.span_context_of(ctx) if ctx is not None else None
     record: RecordParts = (
-        r["key"], r["value"], r["timestamp_ms"], r["event_id"].encode(), r["source"].encode(),
-        r["event_type"].encode(), r["time"].encode(), r["correlation_id"].encode(), extra,
+        key, value, timestamp_ms, event_id.encode(), source.encode(), event_type.encode(), time_text.encode(),
+        correlation.encode(), extra,
     )
-    return _Row(r["id"], r["topic"], r["event_id"], record, creation)
+    return _Row(row_id, topic, event_id, record, creation)
 
 
 def _poisons(error: EventqError) -> bool:
@@ -178,7 +184,8 @@ class Relay:
     def __init__(self, settings: RelaySettings | None = None, *, telemetry: Telemetry | None = None) -> None:
         self.settings = settings if settings is not None else RelaySettings.from_env()
         self.telemetry = telemetry or Telemetry()
-        self.status = RelayStatus()
+        # The longest a healthy turn takes: a send (delivery timeout), its settling statements, a margin.
+        self.status = RelayStatus(self.settings.producer.delivery_timeout_s + 3 * QUERY_TIMEOUT_S + 10)
         self.health: HealthServer | None = None
         self._tracing = tr.Tracing(self.telemetry.tracer_provider)
         self._metrics = RelayMetrics(self.telemetry.meter_provider)
@@ -212,7 +219,7 @@ class Relay:
         except BaseException:
             await self._producer.stop()
             raise
-        ticker = asyncio.create_task(self._tick(), name="eventq-relay-liveness")
+        self.status.beat()
         self._prober = Prober(self.status, database=DatabaseProbe(s.database), broker=self._probe)
         self._prober.start()
         try:
@@ -227,7 +234,6 @@ class Relay:
                 if await self._turn() and until_empty:
                     break
         finally:
-            ticker.cancel()
             if self.health is not None:
                 await self.health.stop()
             await self._prober.stop()
@@ -235,21 +241,17 @@ class Relay:
             await self._producer.stop()
             log.info("outbox.relay_stopped", relayed=self.relayed)
 
-    async def _tick(self) -> None:
-        while True:
-            self.status.beat()
-            await asyncio.sleep(1.0)
-
     async def _probe(self) -> None:
         aio = self._producer._aio  # noqa: SLF001 - the relay's own client answers for the broker
         if aio is None:
             raise BrokerUnavailable("", "the relay's producer is not started")
-        await aio.client.fetch_all_metadata()
+        await ask_metadata(aio.client)
 
     # -- one turn of the loop ------------------------------------------------------------
 
     async def _turn(self) -> bool:
         """Balance shares, then read and send one round if there is reason to; True when idle (nothing read)."""
+        self.status.beat()  # liveness is the loop turning (see RelayStatus)
         try:
             conn = await self._connected()
             before = self._shares.held
@@ -341,6 +343,7 @@ class Relay:
         if now >= due["backlog"]:
             due["backlog"] = now + BACKLOG_INTERVAL_S
             count, oldest = await conn.fetchrow(table.BACKLOG, timeout=QUERY_TIMEOUT_S)
+            self.status.beat()
             self._metrics.backlog(count, oldest or 0.0)
         keep = self.settings.keep_published_s
         if keep and now >= due["purge"]:
@@ -353,8 +356,15 @@ class Relay:
         traced = self._tracing.enabled
         result = _Round()
         by_topic: dict[str, list[_Row]] = {}
+        topic_ok: dict[str, bool] = {}
         for r in rows:
             try:
+                topic = r[1]
+                ok = topic_ok.get(topic)
+                if ok is None:
+                    ok = topic_ok[topic] = TOPIC_NAME.fullmatch(topic) is not None
+                if not ok:
+                    raise ValueError("its topic is not a Kafka topic name")
                 row = _rebuild(r, traced)
             except (ValueError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
                 unreadable = _Row(r["id"], r["topic"], str(r["event_id"]), None, None)  # type: ignore[arg-type]
@@ -368,7 +378,8 @@ class Relay:
             for row in too_large:  # refused in a batch with others; alone, it may fit
                 error: EventqError = too_large[row]
                 if len(topic_rows) > 1:
-                    alone = (await self._send(topic, [row]))
+                    alone = await self._send(topic, [row])
+                    self.status.beat()
                     if alone[0]:
                         acked.extend(alone[0])
                         continue
@@ -406,13 +417,17 @@ class Relay:
             )
         except EventqError as exc:  # nothing was sent (topic missing, broker unreachable, not authorised)
             return acked, [(r, exc) for r in rows], too_large
-        for row, outcome in zip(rows, report.outcomes, strict=True):
-            if not isinstance(outcome, Failed):
+        errors = report.errors_by_index()
+        if not errors:  # the usual round: no outcome objects built
+            return [r.id for r in rows], failed, too_large
+        for index, row in enumerate(rows):
+            error = errors.get(index)
+            if error is None:
                 acked.append(row.id)
-            elif isinstance(outcome.error, MessageTooLarge):
-                too_large[row] = outcome.error
+            elif isinstance(error, MessageTooLarge):
+                too_large[row] = error
             else:
-                failed.append((row, outcome.error))
+                failed.append((row, error))
         return acked, failed, too_large
 
     async def _restart_producer(self) -> None:

@@ -27,9 +27,13 @@ PARK = (
     "WHERE id = ANY($1::bigint[])"
 )
 PURGE_PUBLISHED = "DELETE FROM eventq_outbox WHERE published_at < now() - $1::interval"
+BACKLOG_CAP = 100_000
 BACKLOG = (
-    f"SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM eventq_outbox WHERE {PENDING}"
+    f"SELECT (SELECT count(*) FROM (SELECT 1 FROM eventq_outbox WHERE {PENDING} LIMIT {BACKLOG_CAP}) AS p), "
+    f"(SELECT extract(epoch FROM now() - created_at)::float8 FROM eventq_outbox WHERE {PENDING} ORDER BY id LIMIT 1)"
 )
+"""Pending rows (counted up to BACKLOG_CAP, so the gauge costs little however long the backlog) and the age of
+the first pending row: the relay's gauges, every few seconds, between rounds."""
 
 HOLDERS = (
     "SELECT l.objid::integer AS share, l.pid, a.application_name FROM pg_locks l "

@@ -117,6 +117,10 @@ class PublishReport:
         """True when every event was acknowledged."""
         return not self._errors
 
+    def errors_by_index(self) -> dict[int, EventqError]:
+        """Each failed event's error, by its index in the order given (empty when all were acknowledged)."""
+        return dict(self._errors)
+
     def raise_for_failures(self) -> None:
         """Raise the first failure's error (with a count of all failures) if any."""
         if self._errors:
