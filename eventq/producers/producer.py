@@ -303,17 +303,7 @@ class Producer:
         if not created:
             return await self._send_records(name, [e.id for e in items], records)
         send = self._tracing.send_batch(name, created)
-        try:
-            report = await self._send_records(name, [e.id for e in items], records)
-        except BaseException as exc:
-            tr.end_failed(send, exc)
-            raise
-        if not report.ok:
-            failed = report.failed
-            tr.fail(send, f"{len(failed)} of {len(report)} events were not published",
-                    error_type=type(failed[0].error).__qualname__)
-        send.end()
-        return report
+        return await self._send_traced(send, name, [e.id for e in items], records)
 
     async def send_encoded(
         self, topic: str, event_ids: list[str], records: list[RecordParts], *, creations: Sequence[Any] = ()
@@ -326,7 +316,12 @@ class Producer:
         """
         if not self._tracing.enabled:
             return await self._send_records(topic, event_ids, records)
-        send = self._tracing.relay_send(topic, creations)
+        return await self._send_traced(self._tracing.relay_send(topic, creations), topic, event_ids, records)
+
+    async def _send_traced(
+        self, send: Any, topic: str, event_ids: list[str], records: list[RecordParts]
+    ) -> PublishReport:
+        """Send under the batch's ``send`` span, which says how many failed and is ended here."""
         try:
             report = await self._send_records(topic, event_ids, records)
         except BaseException as exc:
