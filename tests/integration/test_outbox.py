@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from eventq.config import KafkaSettings
 from eventq.database import DatabaseSettings
@@ -272,8 +273,19 @@ async def test_a_missing_topic_keeps_its_rows_and_is_reported_while_other_topics
     good = await new_topic(partitions=1)
     missing = f"{good}.missing"
     async with conn.transaction():
-        await outbox.add_many(conn, [order(1), order(2)], topic=missing)
+        stuck_ids = [a.event_id for a in await outbox.add_many(conn, [order(1), order(2)], topic=missing)]
         await outbox.add(conn, order(3), topic=good)
+    with capture_logs() as logs:
+        await _missing_topic_goes_on(kafka_settings, database, read_topic, outbox, conn, good, missing)
+    failed = [line for line in logs if line["event"] == "outbox.send_failed" and line["topic"] == missing]
+    assert failed and failed[0]["event_ids"] == stuck_ids and failed[0]["error_type"] == "TopicNotFound"
+    assert await conn.fetchval("SELECT count(*) FROM eventq_outbox") == 0
+
+
+async def _missing_topic_goes_on(
+    kafka_settings: KafkaSettings, database: str, read_topic: Reader, outbox: Outbox, conn: asyncpg.Connection,
+    good: str, missing: str,
+) -> None:
     async with running(Relay(relay_settings(kafka_settings, database))):
         assert len(await read_topic(good, 1)) == 1
 
@@ -289,7 +301,6 @@ async def test_a_missing_topic_keeps_its_rows_and_is_reported_while_other_topics
         assert len(await read_topic(good, 2)) == 2  # the good topic goes on while the other backs off
         await create_topics(kafka_settings, [missing], partitions=1)
         assert len(await read_topic(missing, 2)) == 2
-    assert await conn.fetchval("SELECT count(*) FROM eventq_outbox") == 0
 
 
 async def test_an_event_too_large_for_its_topic_is_parked_reported_and_skipped_until_unparked(

@@ -1,14 +1,16 @@
-"""Outbox rows and their statements, as pure logic: encoding, shares, key locks, what is refused."""
+"""The outbox as pure logic: rows and their statements (encoding, shares, key locks, what is refused), relay health."""
 
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import pytest
 
 from eventq.errors import InvalidEvent, SchemaViolation
 from eventq.outbox import INSERT_SQL, INSERT_SQL_NAMED, Outbox, OutboxRow
+from eventq.outbox.relay import RelayStatus
 from eventq.outbox.rows import ASYNCPG_INSERT_MANY, ASYNCPG_INSERT_ONE, SHARES, key_lock, many_args
 from eventq.producers import ProducerSettings
 from eventq.schemas import Event
@@ -73,3 +75,14 @@ def test_the_first_invalid_event_of_a_batch_fails_it_with_its_index() -> None:
     with pytest.raises(SchemaViolation) as caught:
         OUTBOX.rows([order(1), bad, order(2)], topic="t")
     assert "events[1]" in " ".join(caught.value.__notes__) and "nothing was added" in caught.value.__notes__[0]
+
+
+def test_a_relay_whose_loop_stops_turning_is_not_live() -> None:
+    """RelayStatus is live only while beats come within its window (the relay beats once per turn)."""
+    status = RelayStatus(window_s=0.05)
+    status.beat()
+    assert status.live and status.as_dict()["live"]
+    time.sleep(0.1)
+    assert not status.live
+    status.beat()
+    assert status.live
