@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -228,6 +229,10 @@ def _explain_one(  # noqa: PLR0911, PLR0912, C901 - one table of cases, read top
     if isinstance(exc, ke.ClusterAuthorizationFailedError):
         return f"{who} lacks a right on the cluster resource ({exc}); grant it the operation named in the broker's log"
     return None
+
+
+TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+"""What Kafka allows as a topic name (checked before a name from outside reaches a request)."""
 
 
 def translate(exc: BaseException, *, topic: str, settings: KafkaSettings) -> EventqError:

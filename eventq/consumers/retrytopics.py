@@ -30,12 +30,12 @@ the commit), a retry topic, ``processed_events`` or the dead-letter topic.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from eventq.kafka import TOPIC_NAME
 from eventq.wire import (
     RETRY_ATTEMPTS,
     RETRY_DUE,
@@ -71,7 +71,6 @@ class RetryState:
         return max(0.0, self.due_ms / 1000 - time.time())
 
 
-_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")  # what Kafka allows in a topic name
 _INT32 = 2**31 - 1
 _INT64 = 2**63 - 1
 
@@ -102,7 +101,7 @@ def parse(headers: Sequence[tuple[str, bytes | None]], *, topic: str | None = No
         )
     except (KeyError, ValueError, UnicodeDecodeError, OverflowError):
         return None
-    if not _TOPIC.fullmatch(state.topic) or abs(state.timestamp) > _INT64 or state.first_failure.tzinfo is None:
+    if not TOPIC_NAME.fullmatch(state.topic) or abs(state.timestamp) > _INT64 or state.first_failure.tzinfo is None:
         return None
     if topic is not None and origin_of(topic) != state.topic:
         return None

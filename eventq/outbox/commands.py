@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -28,10 +27,10 @@ from eventq.clikit import (
 )
 from eventq.database import DatabaseSettings, connect
 from eventq.errors import RelayError
+from eventq.kafka import TOPIC_NAME
 from eventq.outbox.settings import RELAY, RelaySettings
 from eventq.outbox.table import OutboxStatus, status
 
-MAX_TOPIC = 249
 T = TypeVar("T")
 
 
@@ -147,8 +146,10 @@ def _ranges(shares: tuple[int, ...]) -> str:
 @click.option("--topic", default=None, help="Only this topic's parked events.")
 def unpark_command(database_url: str | None, topic: str | None) -> None:
     """Put parked events back in line (after fixing why they could not be sent, e.g. the topic's size limit)."""
-    if topic is not None and not 0 < len(topic) <= MAX_TOPIC:
-        raise click.BadParameter(f"a topic name has 1 to {MAX_TOPIC} characters", param_hint="--topic")
+    if topic is not None and not TOPIC_NAME.fullmatch(topic):
+        raise click.BadParameter(
+            "not a Kafka topic name; use 1 to 249 letters, digits, '.', '_' or '-'", param_hint="--topic"
+        )
     db_settings = database_settings(database_url)
 
     async def go(conn: Any) -> int:
@@ -159,4 +160,4 @@ def unpark_command(database_url: str | None, topic: str | None) -> None:
         return int(result.split()[-1])
 
     count = run(_on_outbox(db_settings, go))
-    click.echo(f"unparked {count} events" + (f" of topic {topic}" if topic else ""), file=sys.stdout)
+    click.echo(f"unparked {count} events" + (f" of topic {topic}" if topic else ""))

@@ -45,9 +45,9 @@ from eventq.consumers.health import HealthServer, Status
 from eventq.consumers.probes import DatabaseProbe, Prober
 from eventq.database import connect, is_outage
 from eventq.errors import BrokerUnavailable, EventqError, MessageTooLarge, PublishTimeout, RelayError
-from eventq.kafka import ask_metadata
+from eventq.kafka import TOPIC_NAME, ask_metadata
 from eventq.outbox import table
-from eventq.outbox.rows import CHANNEL, TOPIC_NAME
+from eventq.outbox.rows import CHANNEL
 from eventq.outbox.settings import RelaySettings
 from eventq.outbox.shares import BALANCE_INTERVAL_S, Shares
 from eventq.producers.producer import Producer

@@ -22,13 +22,13 @@ for DB-API drivers as :data:`INSERT_SQL` (psycopg's ``%(name)s`` style) and
 
 from __future__ import annotations
 
-import re
 import zlib
 from typing import Any, NamedTuple
 
 import orjson
 
 from eventq.errors import ConfigError, InvalidEvent
+from eventq.kafka import TOPIC_NAME
 from eventq.schemas.envelope import RecordParts
 
 SHARES = 16
@@ -40,7 +40,6 @@ KEY_LOCK_CLASS = 0x65767130
 SHARE_LOCK_CLASS = 0x65767131
 """Advisory lock class of the session locks a relay holds on the shares it publishes."""
 
-TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")  # what Kafka allows in a topic name
 
 
 class OutboxRow(NamedTuple):

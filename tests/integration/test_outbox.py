@@ -12,6 +12,8 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from structlog.testing import capture_logs
 
 from eventq.config import KafkaSettings
@@ -22,6 +24,7 @@ from eventq.outbox import Outbox, Relay, RelaySettings, status
 from eventq.outbox.rows import SHARES
 from eventq.producers import ProducerSettings
 from eventq.schemas import Event
+from eventq.telemetry import Telemetry
 from eventq_dev.demo import SCHEMAS as DEMO_SCHEMAS
 from tests.conftest import Reader, TopicFactory
 from tests.integration.consumer_kit import order
@@ -70,6 +73,20 @@ async def wait_for(predicate: Any, timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while not await predicate():
             await asyncio.sleep(0.1)
+
+
+def metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    if data is None:
+        return []
+    return [
+        point for rm in data.resource_metrics for sm in rm.scope_metrics for metric in sm.metrics
+        if metric.name == name for point in metric.data.data_points
+    ]
+
+
+def metric_sum(reader: InMemoryMetricReader, name: str) -> float:
+    return sum(getattr(p, "value", 0) for p in metric_points(reader, name))
 
 
 def ids_of(records: list[Any]) -> list[str]:
@@ -275,18 +292,25 @@ async def test_a_missing_topic_keeps_its_rows_and_is_reported_while_other_topics
     async with conn.transaction():
         stuck_ids = [a.event_id for a in await outbox.add_many(conn, [order(1), order(2)], topic=missing)]
         await outbox.add(conn, order(3), topic=good)
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
     with capture_logs() as logs:
-        await _missing_topic_goes_on(kafka_settings, database, read_topic, outbox, conn, good, missing)
+        await _missing_topic_goes_on(kafka_settings, database, read_topic, outbox, conn, good, missing,
+                                     Telemetry(meter_provider=meters))
     failed = [line for line in logs if line["event"] == "outbox.send_failed" and line["topic"] == missing]
     assert failed and failed[0]["event_ids"] == stuck_ids and failed[0]["error_type"] == "TopicNotFound"
+    failures = [p for p in metric_points(reader, "eventq.outbox.relay_failed")]
+    assert failures and {p.attributes["error.type"] for p in failures} == {"TopicNotFound"}
+    assert sum(p.value for p in failures) == 2 * len(failed)  # both stuck events, each failed send
+    meters.shutdown()
     assert await conn.fetchval("SELECT count(*) FROM eventq_outbox") == 0
 
 
 async def _missing_topic_goes_on(
     kafka_settings: KafkaSettings, database: str, read_topic: Reader, outbox: Outbox, conn: asyncpg.Connection,
-    good: str, missing: str,
+    good: str, missing: str, telemetry: Telemetry,
 ) -> None:
-    async with running(Relay(relay_settings(kafka_settings, database))):
+    async with running(Relay(relay_settings(kafka_settings, database), telemetry=telemetry)):
         assert len(await read_topic(good, 1)) == 1
 
         async def reported() -> bool:
@@ -317,8 +341,12 @@ async def test_an_event_too_large_for_its_topic_is_parked_reported_and_skipped_u
     small = [order(1), order(3)]
     async with conn.transaction():
         await outbox.add_many(conn, [small[0], big, small[1]], topic=topic)
-    relay = Relay(relay_settings(kafka_settings, database))
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    relay = Relay(relay_settings(kafka_settings, database), telemetry=Telemetry(meter_provider=meters))
     await relay.run(until_empty=True)
+    assert (metric_sum(reader, "eventq.outbox.parked"), metric_sum(reader, "eventq.outbox.relayed")) == (1, 2)
+    meters.shutdown()
     assert sorted(ids_of(await read_topic(topic, 2))) == sorted(e.id for e in small)
     parked = await conn.fetch("SELECT event_id, last_error, attempts FROM eventq_outbox WHERE parked_at IS NOT NULL")
     assert [(r["event_id"], r["attempts"]) for r in parked] == [(big.id, 1)]
@@ -429,10 +457,7 @@ async def test_the_relay_serves_health_and_metrics(
 ) -> None:
     """/livez and /readyz answer 200 with the shares held; /metrics has the outbox's pending gauge and sent count."""
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from opentelemetry.sdk.metrics import MeterProvider
     from prometheus_client import CollectorRegistry
-
-    from eventq.telemetry import Telemetry
 
     topic = await new_topic(partitions=1)
     registry = CollectorRegistry()
