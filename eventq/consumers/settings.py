@@ -108,12 +108,9 @@ class ConsumerSettings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ConsumerSettings:
         """Read the variables of :data:`CONSUMER` (README, Configuration), the Kafka and database ones into
         ``kafka`` and ``database``, and the producer ones into ``producer``; ``overrides`` win and are not read."""
-
-        def producer(e: Mapping[str, str]) -> ProducerSettings:
-            return ProducerSettings.from_env(e, kafka=overrides.get("kafka") or KafkaSettings.from_env(e))
-
         return CONSUMER.read(
-            env, overrides, kafka=KafkaSettings.from_env, database=DatabaseSettings.from_env, producer=producer
+            env, overrides, kafka=KafkaSettings.from_env, database=DatabaseSettings.from_env,
+            producer=ProducerSettings.nested(overrides),
         )
 
 

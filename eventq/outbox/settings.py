@@ -51,12 +51,9 @@ class RelaySettings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> RelaySettings:
         """Read the variables of :data:`RELAY` (README, Configuration), the Kafka, database and producer
         ones into the nested settings; ``overrides`` win and are not read."""
-
-        def producer(e: Mapping[str, str]) -> ProducerSettings:
-            return ProducerSettings.from_env(e, kafka=overrides.get("kafka") or KafkaSettings.from_env(e))
-
         return RELAY.read(
-            env, overrides, kafka=KafkaSettings.from_env, database=DatabaseSettings.from_env, producer=producer
+            env, overrides, kafka=KafkaSettings.from_env, database=DatabaseSettings.from_env,
+            producer=ProducerSettings.nested(overrides),
         )
 
 

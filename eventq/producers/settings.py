@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,16 @@ class ProducerSettings:
         """Read the variables of :data:`PRODUCER` and :data:`~eventq.config.KAFKA` (README, Configuration);
         ``overrides`` win and are not read."""
         return PRODUCER.read(env, overrides, kafka=KafkaSettings.from_env)
+
+    @staticmethod
+    def nested(overrides: Mapping[str, Any]) -> Callable[[Mapping[str, str]], ProducerSettings]:
+        """How settings that hold a ``producer`` (the daemon's, the relay's) read it: from the environment,
+        with the holder's own ``kafka`` override if one was given."""
+
+        def read(env: Mapping[str, str]) -> ProducerSettings:
+            return ProducerSettings.from_env(env, kafka=overrides.get("kafka") or KafkaSettings.from_env(env))
+
+        return read
 
 
 PRODUCER = table(
