@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
 
 from eventq.errors import EventTooLarge, InvalidEvent
 from eventq.schemas import Event, caused_by, current_cause, decode, encode
-from eventq.schemas.envelope import new_event_id
+from eventq.schemas.envelope import encode_parts, new_event_id
 
 
 def order(**overrides: object) -> Event:
@@ -420,3 +421,12 @@ def test_record_timestamp_out_of_range_is_invalid() -> None:
     """An event without ce_time whose record timestamp no datetime can hold raises InvalidEvent."""
     with pytest.raises(InvalidEvent, match="record timestamp 100000000000000000000 is out of range"):
         decode(None, b"{}", foreign_headers(), timestamp_ms=10**20)
+
+
+@pytest.mark.parametrize("attributes", [{"subject": "\udcff"}, {"key": "k\ud800"}, {"source": "s\udc80"}])
+def test_an_attribute_no_utf8_can_carry_is_an_invalid_event_not_a_unicode_error(attributes: dict[str, str]) -> None:
+    """A lone surrogate in an attribute (hostile text from a caller) raises InvalidEvent, for publish and outbox."""
+    fields: dict[str, Any] = {"type": "demo.order.created.v1", "source": "tests", "data": {}, **attributes}
+    event = Event(**fields)
+    with pytest.raises(InvalidEvent, match="not valid UTF-8"):
+        encode_parts(event)
