@@ -38,7 +38,7 @@ from aiokafka import errors as ke
 from eventq.consumers import store
 from eventq.consumers.app import App
 from eventq.consumers.commit import Committer
-from eventq.consumers.deadletter import DeadLetterSink, dead_letter_headers
+from eventq.consumers.deadletter import DeadLetterSink, letter_record
 from eventq.consumers.decode import decode_items
 from eventq.consumers.dedupe import InFlight, Lookups, identities, mark_duplicates
 from eventq.consumers.fetch import Fetcher, Lane, Lanes
@@ -48,7 +48,6 @@ from eventq.consumers.instruments import Chain, Instruments, Measured, Traced
 from eventq.consumers.outcome import Slice
 from eventq.consumers.probes import DatabaseProbe, Prober
 from eventq.consumers.record import Recorder
-from eventq.consumers.retrytopics import origin_of
 from eventq.consumers.settings import ConsumerSettings
 from eventq.consumers.topics import provision_derived_topics
 from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
@@ -488,15 +487,11 @@ class Consumer:
         letters = []
         tokens = []
         for item in lettered:
-            letter = item.letter(self.group)
-            # (A letter from a retry topic that names no source goes to its source's topic.)
-            source = origin_of(letter.topic) if letter.topic in self._retry_topics else None
-            topic = self.settings.dead_letter_topic_for(source or letter.topic)
-            headers = dead_letter_headers(letter)
+            topic, key, value, headers = letter_record(item.letter(self.group), self.settings, self._retry_topics)
             extra, token = ins.letter_sending(item, sl, topic)
             headers.extend(extra)
             tokens.append(token)
-            letters.append((topic, letter.key, letter.value, headers))
+            letters.append((topic, key, value, headers))
         try:
             while True:
                 try:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import traceback
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -53,6 +54,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka import errors as ke
 
 from eventq.config import KafkaSettings
+from eventq.consumers.retrytopics import origin_of
+from eventq.consumers.settings import ConsumerSettings
 from eventq.errors import EventqError, MessageTooLarge, PublishTimeout
 from eventq.kafka import stop_producer, translate
 from eventq.kafkarecords import printable
@@ -237,6 +240,26 @@ def fitted(record: Record, limit: int | None, step: int = 0) -> tuple[Record, in
     return shrunk(record, LAST_STEP), LAST_STEP
 
 
+def letter_record(letter: DeadLetter, settings: ConsumerSettings, retry_topics: AbstractSet[str]) -> Record:
+    """The dead-letter record of ``letter``: its topic, the original key and value, the headers.
+
+    A letter from a retry topic that names no source (bad retry headers) goes to the
+    dead-letter topic of the retry topic's source.
+    """
+    source = origin_of(letter.topic) if letter.topic in retry_topics else None
+    return settings.dead_letter_topic_for(source or letter.topic), letter.key, letter.value, dead_letter_headers(letter)
+
+
+def on_the_wire(record: Record) -> Record:
+    """``record`` as it is sent: aiokafka cannot send a record with neither key nor value (Kafka
+    can), so the letter of a tombstone, or one left without both, carries an empty value and
+    ``eventq-dlt-null-value: true`` instead."""
+    topic, key, value, headers = record
+    if key is None and value is None:
+        return topic, key, b"", [*headers, (DLT_NULL_VALUE, b"true")]
+    return record
+
+
 class DeadLetterSink:
     """Publishes dead letters (and retry records) with an idempotent ``acks=all`` producer.
 
@@ -306,11 +329,7 @@ class DeadLetterSink:
         try:
             for entry in records:
                 record, step = entry
-                topic, key, value, headers = shrunk(record, step) if step else record
-                if key is None and value is None:
-                    # aiokafka cannot send a record with neither (Kafka can): the letter of a
-                    # tombstone, or one left without both, carries an empty value instead.
-                    value, headers = b"", [*headers, (DLT_NULL_VALUE, b"true")]
+                topic, key, value, headers = on_the_wire(shrunk(record, step) if step else record)
                 try:
                     futures.append((entry, await aio.send(topic, value, key=key, headers=headers)))
                 except (ke.MessageSizeTooLargeError, ke.RecordTooLargeError) as exc:

@@ -22,16 +22,27 @@ from eventq.kafka import create_topics, max_message_bytes, topic_shapes
 log = structlog.get_logger("eventq.consumer")
 
 
-async def provision_derived_topics(
-    s: ConsumerSettings, app: App, topics: tuple[str, ...], existing: set[str],
-) -> tuple[dict[str, str], dict[str, int]]:
-    """Create the missing derived topics; (retry topic -> its source, dead-letter/retry topic -> its size limit)."""
-    # derived topic -> the source topic it serves (for its partition count and replication)
+def derived_names(
+    s: ConsumerSettings, app: App, topics: tuple[str, ...],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(every derived topic -> the source topic it serves, retry topic -> its source) of ``topics``.
+
+    Dead-letter topics for every source; retry topics ``<topic>.retry.1`` … up to the
+    largest attempt limit of the App's ``retry_topics=True`` handlers, minus one.
+    """
     derived = {s.dead_letter_topic_for(t): t for t in topics}
     retry_handlers = [h for h in app.handlers.values() if h.retry_topics]
     levels = max(((h.max_attempts or s.max_attempts) - 1 for h in retry_handlers), default=0)
     retry_names = {retry_topic(t, n): t for t in topics for n in range(1, levels + 1)}
     derived.update(retry_names)
+    return derived, retry_names
+
+
+async def provision_derived_topics(
+    s: ConsumerSettings, app: App, topics: tuple[str, ...], existing: set[str],
+) -> tuple[dict[str, str], dict[str, int]]:
+    """Create the missing derived topics; (retry topic -> its source, dead-letter/retry topic -> its size limit)."""
+    derived, retry_names = derived_names(s, app, topics)
     missing_derived = sorted(set(derived) - existing)
     if missing_derived and not s.create_topics:
         raise ConsumerError(

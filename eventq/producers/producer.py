@@ -251,6 +251,9 @@ class Producer:
                 log.warning("producer.unflushed_abandoned", client_id=self.settings.kafka.client_id)
             log.info("producer.stopped", client_id=self.settings.kafka.client_id)
 
+    def _started(self) -> bool:
+        return self._aio is not None
+
     async def publish(self, event: Event, *, topic: str | None = None) -> Published:
         """Publish one event and wait for the broker's acknowledgement.
 
@@ -263,7 +266,7 @@ class Producer:
         """
         name = self._topic(topic)
         self.registry.validate(event.type, event.data)
-        if self._aio is None:
+        if not self._started():
             raise RuntimeError("Producer is not started; use 'async with Producer(...)'")
         span = self._tracing.send(name, event) if self._tracing.enabled else None
         try:
