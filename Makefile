@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 
-.PHONY: venv up down demo test bench faults lint
+.PHONY: venv up down demo test bench faults lint test-versions validate-deploy
 
 venv: $(STAMP)
 
@@ -44,3 +44,15 @@ faults: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# The unit tests on each of Python 3.12 and 3.13 found (pyenv or PATH; a missing one is skipped),
+# each in its own venv under the stack's folder (EVENTQ_STACK_DIR, default .eventq)/venvs; no stack.
+# Fails unless .venv, where `make test` runs the whole suite, is on 3.11. See .ci/python-versions.
+test-versions: venv
+	.ci/python-versions
+
+# The Kubernetes manifests (deploy/kubernetes): rendered with kustomize, checked by kubeconform
+# against the Kubernetes and KEDA schemas, and by eventq's own policy checks. Needs only Go:
+# the tools and schemas come from the Go module proxy, cached under the stack's folder.
+validate-deploy:
+	bash deploy/kubernetes/validate.sh

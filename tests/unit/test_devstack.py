@@ -191,6 +191,12 @@ def test_zombie_broker_is_not_running(tmp_path: Path) -> None:
          str(tmp_path / "server.properties")]
     )  # fmt: skip
     try:
+        # Popen returns while the child is still inside execve, when /proc/<pid>/cmdline
+        # can still read empty; wait for the new argv to appear.
+        deadline = time.monotonic() + 10
+        while b"kafka.Kafka" not in Path(f"/proc/{fake.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the fake broker's argv never appeared"
+            time.sleep(0.01)
         (tmp_path / "broker.pid").write_text(f"{fake.pid}\n")
         assert broker.is_running()
 
