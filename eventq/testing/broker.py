@@ -29,7 +29,7 @@ class Record(NamedTuple):
     timestamp: int
     key: bytes | None
     value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
+    headers: Sequence[tuple[str, bytes | None]]  # (Kafka allows a header without a value)
 
 
 def partition_for(key: bytes | None, partitions: int) -> int:
@@ -59,7 +59,7 @@ class Topics:
         return name in self._logs
 
     def append(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]],
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]],
         timestamp_ms: int | None = None,
     ) -> Record:
         """Append a record (creating the topic) to its key's partition; the record, with its offset."""

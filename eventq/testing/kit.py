@@ -320,7 +320,7 @@ class TestKit:
         return out
 
     def feed_record(
-        self, value: bytes | None, *, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = (),
+        self, value: bytes | None, *, key: bytes | None = None, headers: Sequence[tuple[str, bytes | None]] = (),
         topic: str | None = None, timestamp_ms: int | None = None,
     ) -> Record:
         """Put a raw record on ``topic`` (default: the first consumed topic): bad input, foreign producers."""
@@ -441,8 +441,8 @@ class TestKit:
     @property
     def published(self) -> list[FollowUp]:
         """Events handlers published (``ctx.publish``; a transactional handler's once committed), in order."""
-        return [
-            FollowUp(r.topic, decode(r.key, r.value, r.headers, timestamp_ms=r.timestamp), r)
+        return [  # (records the kit's producer encoded: no header without a value)
+            FollowUp(r.topic, decode(r.key, r.value, r.headers, timestamp_ms=r.timestamp), r)  # type: ignore[arg-type]
             for r in self.producer.sent
         ]
 

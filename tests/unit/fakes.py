@@ -2,17 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from eventq.testing.broker import Record  # the fields of an aiokafka ConsumerRecord that eventq reads
 
-
-class Record(NamedTuple):
-    """The fields of an aiokafka ConsumerRecord that eventq reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes | None]]  # read-only here, so a list of (str, bytes) fits too
+__all__ = ["Record"]
