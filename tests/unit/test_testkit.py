@@ -235,3 +235,22 @@ def test_fixture_makes_kits_with_the_configured_database(
     kit = eventq_kit(app, partitions=2)
     assert (kit.database_url, kit.topics.partitions) == (eventq_database_url, 2)
     assert eventq_kit(app, database_url="postgresql://elsewhere/db").database_url == "postgresql://elsewhere/db"
+
+
+async def test_hostile_records_get_outcomes_not_crashes() -> None:
+    """A header without a value is carried through; a header name that was not UTF-8 is undecodable; a value that is
+    no JSON is invalid: each gets an outcome and a letter where due, and the run completes."""
+    app = new_app()
+
+    @app.handler(CREATED)
+    async def fine(event: Event, ctx: Context) -> None:
+        pass
+
+    async with TestKit(app) as kit:
+        [good] = kit.feed(order())
+        kit.feed_record(good.value, key=good.key, headers=[*good.headers, ("x-empty", None)])
+        kit.feed_record(b"{}", headers=[("bad-\udcff-name", b"v")])
+        kit.feed_record(b"\x00\xff" * 100)
+        await kit.run_until_idle()
+    assert [o.status for o in kit.outcomes] == ["handled", "duplicate", "dead_lettered", "dead_lettered"]
+    assert [letter.reason for letter in kit.dead_letters] == ["undecodable", "invalid"]
