@@ -209,9 +209,13 @@ func (r *rendered) setting(c container, variable, option, def string) string {
 }
 
 // eventqCommand is the eventq subcommand a container runs ("consume", "outbox relay",
-// "db migrate"), or "" for another program.
+// "db migrate"), or "" for another program. A leading "tini --" (the image's init, which
+// the long-running containers keep as PID 1) is looked through.
 func eventqCommand(c container) string {
 	argv := append(append([]string{}, c.Command...), c.Args...)
+	if len(argv) >= 2 && strings.HasSuffix(argv[0], "tini") && argv[1] == "--" {
+		argv = argv[2:]
+	}
 	if len(argv) == 0 || !strings.HasSuffix(argv[0], "eventq") {
 		return ""
 	}

@@ -1,0 +1,1 @@
+"""The example app of deploy/: consumer group orders-projector on the topic orders."""

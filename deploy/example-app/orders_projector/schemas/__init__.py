@@ -1,0 +1,1 @@
+"""JSON Schemas of the example app's event types (``<type>.json``)."""
