@@ -3,7 +3,7 @@
     python benchmarks/run.py [NAME ...] [--events N] [--repeat R]
 
 NAME selects benchmarks (default: all, in this order): producer, consumer, spans, store,
-latency, stages, outbox; and consumer.py's added scenarios with their baselines, faststream (FastStream
+latency, stages, outbox, testkit; and consumer.py's added scenarios with their baselines, faststream (FastStream
 batch subscriber against raw aiokafka and eventq) and workers (``eventq consume
 --workers 1`` and ``2``, peak RSS per daemon process). Figures taken while other work
 shares the machine are noisy: repeat, and say so.
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "latency": ["latency.py"],
     "stages": ["stages.py"],
     "outbox": ["outbox.py"],  # adding in a transaction, relay throughput, commit -> handler latency
+    "testkit": ["testkit.py"],  # eventq.testing: one test, events/s; against FastStream's TestKafkaBroker
 }
 SUBSETS: dict[str, list[str]] = {  # selectable on their own; `make bench` runs them inside consumer
     "faststream": ["consumer.py", "--scenarios", "raw,eventq,faststream"],
