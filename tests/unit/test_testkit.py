@@ -254,3 +254,17 @@ async def test_hostile_records_get_outcomes_not_crashes() -> None:
         await kit.run_until_idle()
     assert [o.status for o in kit.outcomes] == ["handled", "duplicate", "dead_lettered", "dead_lettered"]
     assert [letter.reason for letter in kit.dead_letters] == ["undecodable", "invalid"]
+
+
+async def test_an_unreachable_database_is_one_clear_error_without_the_password() -> None:
+    """A database URL nothing answers at fails start with DatabaseRequired saying what to check, never the password."""
+    app = new_app()
+
+    @app.handler(CREATED)
+    async def fine(event: Event, ctx: Context) -> None:
+        pass
+
+    kit = TestKit(app, database_url="postgresql://u:hunter2-secret@127.0.0.1:1/db")
+    with pytest.raises(DatabaseRequired, match="cannot connect to its database") as raised:
+        await kit.start()
+    assert "hunter2" not in str(raised.value)
