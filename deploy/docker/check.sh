@@ -32,7 +32,7 @@ fail() {
 started=$SECONDS
 PYTHON="$python" sh deploy/docker/install.sh build . "$work/wheels" || fail "install.sh build failed (pip wheel, output above)"
 PYTHON="$python" sh deploy/docker/install.sh install "$work/wheels" "$work/venv" || fail "install.sh install failed"
-echo "check: wheels built and installed into a fresh venv ($(ls "$work/wheels" | wc -l) wheels, $((SECONDS - started)) s)"
+echo "check: wheels built and installed into a fresh venv ($(find "$work/wheels" -name "*.whl" | wc -l) wheels, $((SECONDS - started)) s)"
 bin="$work/venv/bin"
 "$bin/eventq" consume --help >/dev/null || fail "eventq consume --help failed"
 
@@ -42,7 +42,7 @@ export EVENTQ_TOPICS="orders-image-check-$suffix" EVENTQ_GROUP="orders-projector
 export EVENTQ_HEALTH_HOST=127.0.0.1 EVENTQ_SHUTDOWN_GRACE_S=5
 port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 export EVENTQ_HEALTH_PORT="$port"
-"$bin/eventq" db migrate >/dev/null || fail "eventq db migrate failed against $EVENTQ_DATABASE_URL"
+"$bin/eventq" db migrate >/dev/null || fail "eventq db migrate failed (EVENTQ_DATABASE_URL; its error is above)"
 "$bin/eventq" topics create --partitions 1 "$EVENTQ_TOPICS" >/dev/null || fail "eventq topics create failed"
 
 (cd "$work" && exec "$bin/eventq" consume orders_projector.handlers:app --health-port "$port") >"$work/daemon.log" 2>&1 &
