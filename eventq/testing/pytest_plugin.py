@@ -10,7 +10,7 @@ without one keeps rows in memory and refuses ``transactional=True`` handlers);
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -28,11 +28,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def configured_url(option: object, environ: Mapping[str, str]) -> str | None:
+    """--eventq-database-url's value, else $EVENTQ_TEST_DATABASE_URL, else None (empty counts as unset)."""
+    url = option or environ.get(ENV) or None
+    return str(url) if url else None
+
+
 @pytest.fixture
 def eventq_database_url(request: pytest.FixtureRequest) -> str | None:
     """The database URL eventq TestKits get: --eventq-database-url, else $EVENTQ_TEST_DATABASE_URL, else None."""
-    url = request.config.getoption("--eventq-database-url") or os.environ.get(ENV) or None
-    return str(url) if url else None
+    return configured_url(request.config.getoption("--eventq-database-url"), os.environ)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 from eventq import App, ConsumerSettings, Context, Event, RetryLater
 from eventq.errors import ConfigError, SchemaViolation
 from eventq.testing import DatabaseRequired, NotIdle, TestKit
+from eventq.testing.pytest_plugin import configured_url
 from eventq.wire import DLT_NULL_VALUE
 from eventq_dev.demo import SCHEMAS as DEMO_SCHEMAS
 
@@ -268,3 +269,12 @@ async def test_an_unreachable_database_is_one_clear_error_without_the_password()
     with pytest.raises(DatabaseRequired, match="cannot connect to its database") as raised:
         await kit.start()
     assert "hunter2" not in str(raised.value)
+
+
+def test_the_plugin_takes_the_option_then_the_environment() -> None:
+    """--eventq-database-url wins over EVENTQ_TEST_DATABASE_URL; with neither (or empty ones) kits get no database."""
+    env = {"EVENTQ_TEST_DATABASE_URL": "postgresql://from-env/db"}
+    assert configured_url("postgresql://from-option/db", env) == "postgresql://from-option/db"
+    assert configured_url(None, env) == "postgresql://from-env/db"
+    assert configured_url("", {"EVENTQ_TEST_DATABASE_URL": ""}) is None
+    assert configured_url(None, {}) is None
