@@ -27,8 +27,9 @@ producer spreads them); a round takes up to ``max_batch_size`` records of every
 partition (the daemon's poll takes that many across partitions); dead letters are
 never shrunk to fit a topic (there is no size limit in memory); nothing is traced
 (the instruments seam is the kit's own); follow-ups of a transactional handler appear
-in their topic as soon as its transaction commits (the outbox relay's job), and their
-outbox rows stay in the database.
+in their topic as soon as its transaction commits (the outbox relay's job; a topic the
+kit lacks is created, where a relay would wait for it), and their outbox rows stay in
+the database.
 """
 
 from __future__ import annotations
