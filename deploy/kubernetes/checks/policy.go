@@ -137,21 +137,11 @@ func parseRendered(stream string) (*rendered, error) {
 		case "Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob":
 			var w struct {
 				Spec struct {
-					Replicas *int `json:"replicas"`
-					Template struct {
-						Metadata struct {
-							Labels map[string]string `json:"labels"`
-						} `json:"metadata"`
-						Spec podSpec `json:"spec"`
-					} `json:"template"`
+					Replicas    *int        `json:"replicas"`
+					Template    podTemplate `json:"template"`
 					JobTemplate struct {
 						Spec struct {
-							Template struct {
-								Metadata struct {
-									Labels map[string]string `json:"labels"`
-								} `json:"metadata"`
-								Spec podSpec `json:"spec"`
-							} `json:"template"`
+							Template podTemplate `json:"template"`
 						} `json:"spec"`
 					} `json:"jobTemplate"`
 				} `json:"spec"`
@@ -159,18 +149,24 @@ func parseRendered(stream string) (*rendered, error) {
 			if err := yaml.Unmarshal([]byte(text), &w); err != nil {
 				return nil, fmt.Errorf("%s/%s: %w", res.Kind, res.Metadata.Name, err)
 			}
-			wl := workload{res: res, hasReplica: w.Spec.Replicas != nil}
+			template := w.Spec.Template
 			if res.Kind == "CronJob" {
-				wl.pod = w.Spec.JobTemplate.Spec.Template.Spec
-				wl.labels = w.Spec.JobTemplate.Spec.Template.Metadata.Labels
-			} else {
-				wl.pod = w.Spec.Template.Spec
-				wl.labels = w.Spec.Template.Metadata.Labels
+				template = w.Spec.JobTemplate.Spec.Template
 			}
+			wl := workload{res: res, hasReplica: w.Spec.Replicas != nil, pod: template.Spec,
+				labels: template.Metadata.Labels}
 			r.workloads = append(r.workloads, wl)
 		}
 	}
 	return r, nil
+}
+
+// podTemplate is a workload's pod template (a CronJob's is inside its jobTemplate).
+type podTemplate struct {
+	Metadata struct {
+		Labels map[string]string `json:"labels"`
+	} `json:"metadata"`
+	Spec podSpec `json:"spec"`
 }
 
 // setting is what an eventq container runs with: its option if given, else its own env,
