@@ -50,12 +50,11 @@ from eventq.consumers.probes import DatabaseProbe, Prober
 from eventq.consumers.record import Recorder
 from eventq.consumers.settings import ConsumerSettings
 from eventq.consumers.topics import provision_derived_topics
-from eventq.errors import ConfigError, ConsumerError, DatabaseUnavailable, EventqError
+from eventq.errors import ConsumerError, DatabaseUnavailable, EventqError
 from eventq.kafka import ask_metadata, check_group_access, explain
 from eventq.kafka import consumer as kafka_consumer
 from eventq.outbox.writer import Outbox
 from eventq.producers.producer import Producer
-from eventq.schemas.registry import SchemaRegistry
 from eventq.telemetry import Telemetry
 from eventq.telemetry import tracing as tr
 from eventq.telemetry.logs import bounded
@@ -89,15 +88,8 @@ class Consumer:
     ) -> None:
         self.app = app
         self.settings = settings = settings or ConsumerSettings.from_env()
-        self.group = settings.group_id or app.name
-        self.topics = settings.topics or app.topics
-        if not self.topics:
-            raise ConfigError(
-                f"no topics to consume for app {app.name!r}; pass App(..., topics=[...]) or set EVENTQ_TOPICS"
-            )
-        if not app.handlers:
-            raise ConfigError(f"app {app.name!r} has no handlers; register one with @app.handler('type.v1')")
-        self.registry = SchemaRegistry.load(app.schemas + settings.schemas, inline=app.inline_schemas)
+        self.group, self.topics = settings.subscription(app)
+        self.registry = settings.registry_for(app)
         self.telemetry = telemetry = telemetry or Telemetry()
         self._tracing = tr.Tracing(telemetry.tracer_provider)
         self._metrics = ConsumerMetrics(telemetry.meter_provider, self.group)

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from eventq.config import KafkaSettings
+from eventq.consumers.app import App
 from eventq.database import DatabaseSettings
 from eventq.errors import ConfigError
 from eventq.producers.settings import PRODUCER, ProducerSettings
+from eventq.schemas.registry import SchemaRegistry
 from eventq.settings_table import Setting, table
 
 Ordering = Literal["partition", "key"]
@@ -99,6 +101,25 @@ class ConsumerSettings:
     def dead_letter_topic_for(self, topic: str) -> str:
         """Where failed events of ``topic`` go."""
         return self.dead_letter_topic or f"{topic}{self.dead_letter_suffix}"
+
+    def subscription(self, app: App) -> tuple[str, tuple[str, ...]]:
+        """The consumer group and topics ``app`` runs with: these settings' where set, else the App's.
+
+        Raises ConfigError, saying what to do, when there are no topics or the App has no handlers.
+        """
+        topics = self.topics or app.topics
+        if not topics:
+            raise ConfigError(
+                f"no topics to consume for app {app.name!r}; pass App(..., topics=[...]) or set EVENTQ_TOPICS "
+                "(ConsumerSettings(topics=...))"
+            )
+        if not app.handlers:
+            raise ConfigError(f"app {app.name!r} has no handlers; register one with @app.handler('type.v1')")
+        return self.group_id or app.name, topics
+
+    def registry_for(self, app: App) -> SchemaRegistry:
+        """What the daemon of ``app`` validates with: the App's schema sources, these settings', the inline ones."""
+        return SchemaRegistry.load(app.schemas + self.schemas, inline=app.inline_schemas)
 
     def producer_for(self, schemas: tuple[str, ...]) -> ProducerSettings:
         """The daemon's producer: ``producer`` with this daemon's Kafka settings and ``schemas`` + ``self.schemas``."""

@@ -59,7 +59,6 @@ from eventq.errors import ConfigError, EventqError
 from eventq.migrations import migrate
 from eventq.outbox.writer import Added, Outbox
 from eventq.schemas.envelope import Event, decode, encode_parts, record_headers
-from eventq.schemas.registry import SchemaRegistry
 from eventq.testing.broker import KitProducer, Record, Topics
 from eventq.testing.rows import DatabaseRows, MemoryRows
 
@@ -232,17 +231,9 @@ class TestKit:
             raise ConfigError(f"partitions must be at least 1, not {partitions!r}")
         self.app = app
         self.settings = s = settings or ConsumerSettings()
-        self.group = s.group_id or app.name
-        self.consumed = s.topics or app.topics
-        if not self.consumed:
-            raise ConfigError(
-                f"no topics to consume for app {app.name!r}; "
-                "pass App(..., topics=[...]) or ConsumerSettings(topics=...)"
-            )
-        if not app.handlers:
-            raise ConfigError(f"app {app.name!r} has no handlers; register one with @app.handler('type.v1')")
+        self.group, self.consumed = s.subscription(app)
         self.database_url = database_url
-        self.registry = SchemaRegistry.load(app.schemas + s.schemas, inline=app.inline_schemas)
+        self.registry = s.registry_for(app)
         self.topics = Topics(partitions)
         derived, retry = derived_names(s, app, self.consumed)
         self.topics.create(*self.consumed, *derived, *topics)
