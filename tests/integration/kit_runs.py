@@ -35,13 +35,12 @@ RawRecord = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, v
 class Run:
     """What both runs share: the topics, the settings, the records fed and not yet run."""
 
-    kind = ""
-
-    def __init__(self, topic: str, out_topic: str, settings: ConsumerSettings) -> None:
+    def __init__(self, topic: str, out_topic: str, settings: ConsumerSettings, database_url: str | None) -> None:
         self.topic = topic
         self.out_topic = out_topic  # where the handlers publish their follow-ups
         self.settings = settings
         self.group = settings.group_id or ""
+        self.database_url = database_url  # the run's PostgreSQL (None: a kit keeping rows in memory)
         self._fed: list[RawRecord] = []
 
     def app(self) -> App:
@@ -91,9 +90,7 @@ class KitRun(Run):
     """The test kit (in memory, or with ``database_url``)."""
 
     def __init__(self, topic: str, out_topic: str, settings: ConsumerSettings, database_url: str | None) -> None:
-        super().__init__(topic, out_topic, settings)
-        self.kind = "kit+db" if database_url else "kit"
-        self.database_url = database_url
+        super().__init__(topic, out_topic, settings, database_url)
         self.kit: TestKit | None = None
 
     async def run_until_idle(self, app: App) -> None:
@@ -124,14 +121,12 @@ class KitRun(Run):
 class BrokerRun(Run):
     """The real daemon (``Consumer.run(until_idle=True)``) on the dev stack's Kafka and a fresh database."""
 
-    kind = "broker"
-
     def __init__(
         self, topic: str, out_topic: str, settings: ConsumerSettings, kafka: KafkaSettings, database: str,
     ) -> None:
-        super().__init__(topic, out_topic, settings)
+        super().__init__(topic, out_topic, settings, database)
         self.kafka = kafka
-        self.database = database
+        self.database = database  # (= database_url, never None here)
 
     async def run_until_idle(self, app: App) -> None:
         fed = self._take()

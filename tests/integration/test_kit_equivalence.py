@@ -300,8 +300,7 @@ async def test_transactional_handler_writes_and_follow_ups_commit_together(run_d
     its row and its follow-up (through the outbox), exactly once."""
     run = run_db
     app = run.app()
-    assert isinstance(run, KitRun | BrokerRun)
-    url = run.database_url if isinstance(run, KitRun) else run.database
+    url = run.database_url
     assert url is not None
     conn = await asyncpg.connect(url)
     try:
@@ -338,7 +337,7 @@ async def test_the_readme_billing_example(run_db: Run, monkeypatch: pytest.Monke
     """The README's billing App: an order is charged and paid, one in a currency it refuses is rejected, a warm-up
     retries, a ledger entry is booked in its transaction, a metrics sample without a value is exhausted."""
     run = run_db
-    url = run.database_url if isinstance(run, KitRun) else getattr(run, "database", None)
+    url = run.database_url
     assert url is not None
     conn = await asyncpg.connect(url)
     try:
